@@ -1,0 +1,6 @@
+"""Token embedding kinds."""
+
+from .base import EmbeddingConfig
+from .token import TokenEmbedding, TokenEmbeddingConfig
+
+__all__ = ["EmbeddingConfig", "TokenEmbedding", "TokenEmbeddingConfig"]

@@ -1,0 +1,6 @@
+"""Feed-forward kinds."""
+
+from .base import FFNConfig
+from .mlp import MLP, MLPConfig
+
+__all__ = ["MLP", "FFNConfig", "MLPConfig"]

@@ -1,0 +1,56 @@
+"""Position-wise two-layer MLP (Vaswani et al., 2017): ``fc2(act(fc1(x)))``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ...config import join, param
+from ...errors import ConfigError
+from ...registry import FFN
+from ..linear import LinearConfig, make_linear
+from .base import FFNConfig
+
+ACTIVATIONS = {
+    "gelu": nn.functional.gelu,
+    "relu": nn.functional.relu,
+    "silu": nn.functional.silu,
+}
+
+
+@dataclass(kw_only=True)
+class MLPConfig(FFNConfig):
+    kind = "mlp"
+    mult: float = param(4.0, doc="hidden width as a multiple of the model width")
+    activation: Literal["gelu", "relu", "silu"] = param("gelu", doc="nonlinearity")
+    bias: bool = param(True, doc="biases in both projections")
+    dropout: float = param(0.0, doc="dropout after the activation")
+
+    def validate(self, path: str = "") -> None:
+        if self.mult <= 0:
+            raise ConfigError(f"{join(path, 'mult')}: {self.mult} must be > 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{join(path, 'dropout')}: {self.dropout}; allowed: 0 <= p < 1")
+
+
+@FFN.register(MLPConfig)
+class MLP(nn.Module):
+    """Expand to ``mult * dim``, apply the activation, project back."""
+
+    paper = "Vaswani et al., 2017, Attention Is All You Need, arXiv:1706.03762"
+
+    def __init__(self, cfg: MLPConfig, *, dim: int, linear: LinearConfig):
+        super().__init__()
+        self.config = cfg
+        hidden = int(round(cfg.mult * dim))
+        self.fc1 = make_linear(linear, dim, hidden, bias=cfg.bias)
+        self.fc2 = make_linear(linear, hidden, dim, bias=cfg.bias)
+        self.fc2.residual_out = True  # scaled init (GPT-2): it writes into the residual stream
+        self.act = ACTIVATIONS[cfg.activation]
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.drop(self.act(self.fc1(x))))

@@ -1,0 +1,24 @@
+"""Registered model transforms: ``formerlab.transform(model, {"kind": ...})`` returns a NEW model whose
+``.config`` describes it; the input model is left untouched. Conversions, growth, extraction and
+compression all come in through this one entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ..config import KindConfig
+from ..registry import TRANSFORM
+from .base import TransformConfig
+from .untie import UntieEmbeddings, UntieEmbeddingsConfig
+
+
+def transform(model: nn.Module, spec: TransformConfig | dict[str, Any] | str) -> nn.Module:
+    """Apply the registered transform ``spec["kind"]`` to ``model`` and return the new model."""
+    if not isinstance(spec, KindConfig):
+        spec = TransformConfig.from_dict(spec, "transform")
+    return TRANSFORM.build(spec, model=model)
+
+
+__all__ = ["TransformConfig", "UntieEmbeddings", "UntieEmbeddingsConfig", "transform"]
