@@ -1,8 +1,8 @@
 """formerlab: Transformer efficiency techniques as small, composable, tested PyTorch parts.
 
-    import formerlab as fl
-    run = fl.load_config("configs/examples/code-lm-tiny.yaml", overrides=["model.depth=2"])
-    model = fl.build_model(run.model)
+import formerlab as fl
+run = fl.load_config("configs/examples/code-lm-tiny.yaml", overrides=["model.depth=2"])
+model = fl.build_model(run.model)
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from .errors import (
     InputError,
     TrainingError,
 )
-from .registry import describe, list_registered, load_builtins
 from .models import build_model, from_pretrained, save_pretrained
+from .registry import describe, list_registered, load_builtins
 from .run_config import RunConfig, load_config
 from .transforms import transform
 

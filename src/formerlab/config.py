@@ -140,6 +140,21 @@ def field_hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
+_KIND_DEFAULTS: dict[type, dict[str, str]] = {}
+
+
+def _kind_defaults(cls: type) -> dict[str, str]:
+    """Field name -> kind of its default, for fields whose default is a kind-tagged config."""
+    if cls in _KIND_DEFAULTS:
+        return _KIND_DEFAULTS[cls]
+    out = _KIND_DEFAULTS[cls] = {}
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if isinstance(default, KindConfig):
+            out[f.name] = default.kind
+    return out
+
+
 @dataclass(kw_only=True)
 class BaseConfig:
     """Plain typed data. Subclasses add fields and may override :meth:`validate`."""
@@ -161,10 +176,25 @@ class BaseConfig:
                     f"valid fields: {', '.join(valid) or '(none)'}"
                 )
         hints = field_hints(cls)
-        kwargs = {name: coerce(hints[name], value, join(path, name)) for name, value in data.items()}
+        defaults = _kind_defaults(cls)
+        kwargs = {}
+        for name, value in data.items():
+            if isinstance(value, Mapping) and "kind" not in value and name in defaults:
+                value = {
+                    "kind": defaults[name],
+                    **value,
+                }  # a partial section keeps the default kind
+            kwargs[name] = coerce(hints[name], value, join(path, name))
         for f in dataclasses.fields(cls):
-            if f.init and f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
-                raise ConfigError(f"{join(path, f.name)}: required field of {cls.label()} is missing")
+            if (
+                f.init
+                and f.name not in kwargs
+                and f.default is MISSING
+                and f.default_factory is MISSING
+            ):
+                raise ConfigError(
+                    f"{join(path, f.name)}: required field of {cls.label()} is missing"
+                )
         obj = cls(**kwargs)
         obj.validate(path)
         return obj
@@ -211,7 +241,9 @@ class KindConfig(BaseConfig):
             from .registry import get_registry
 
             names = ", ".join(get_registry(cls.group).names())
-            raise ConfigError(f"{join(path, 'kind')}: missing; registered {cls.group} kinds: {names}")
+            raise ConfigError(
+                f"{join(path, 'kind')}: missing; registered {cls.group} kinds: {names}"
+            )
         target = cls
         if kind != cls.kind:
             from .registry import get_registry

@@ -173,9 +173,7 @@ def describe(group: str, name: str) -> dict[str, Any]:
             }
         )
     doc = inspect.getdoc(impl) or inspect.getdoc(cfg_cls) or ""
-    capabilities = {
-        k: bool(getattr(impl, k)) for k in dir(impl) if k.startswith("supports_")
-    }
+    capabilities = {k: bool(getattr(impl, k)) for k in dir(impl) if k.startswith("supports_")}
     return {
         "group": group,
         "kind": name,

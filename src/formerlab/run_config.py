@@ -38,9 +38,7 @@ def resolve_presets(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def load_config(
-    source: str | Path | dict[str, Any], overrides: Iterable[str] = ()
-) -> RunConfig:
+def load_config(source: str | Path | dict[str, Any], overrides: Iterable[str] = ()) -> RunConfig:
     """Load a run file (YAML/JSON path or dict), resolve ``base:`` and presets, apply overrides."""
     data = load_with_base(source) if isinstance(source, str | Path) else dict(source)
     data = resolve_presets(data)

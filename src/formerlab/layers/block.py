@@ -31,7 +31,9 @@ class TransformerBlock(nn.Module):
         self.attn = build_attention(cfg.attention, causal=causal, **dims)
         self.cross_norm = NORM.build(cfg.norm, dim=cfg.dim) if cross else None
         self.cross_attn = (
-            build_attention(cfg.cross_attention, causal=False, cross=True, **dims) if cross else None
+            build_attention(cfg.cross_attention, causal=False, cross=True, **dims)
+            if cross
+            else None
         )
         self.ffn_norm = NORM.build(cfg.norm, dim=cfg.dim)
         self.ffn = FFN.build(cfg.ffn, dim=cfg.dim, linear=cfg.linear)

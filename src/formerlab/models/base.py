@@ -93,7 +93,9 @@ class TransformerStack(nn.Module):
     ):
         super().__init__()
         self.config, self.causal = cfg, causal
-        self.embed = embedding or EMBEDDING.build(cfg.embedding, vocab_size=cfg.vocab_size, dim=cfg.dim)
+        self.embed = embedding or EMBEDDING.build(
+            cfg.embedding, vocab_size=cfg.vocab_size, dim=cfg.dim
+        )
         self.position = POSITION.build(
             cfg.position, dim=cfg.dim, head_dim=cfg.head_dim, max_seq_len=cfg.max_seq_len
         )

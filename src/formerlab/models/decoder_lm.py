@@ -34,8 +34,10 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.transformer = TransformerStack(cfg, depth=cfg.depth, causal=True)
-        self.lm_head = None if cfg.tie_embeddings else make_linear(
-            cfg.linear, cfg.dim, cfg.vocab_size, bias=False
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else make_linear(cfg.linear, cfg.dim, cfg.vocab_size, bias=False)
         )
         init_weights(self, cfg.init_std, cfg.depth)
 

@@ -31,7 +31,12 @@ class EncoderDecoderConfig(TransformerConfig):
     def validate(self, path: str = "") -> None:
         super().validate(path)
         check_attention(self, path, causal=True)
-        require(self.cross_attention, "supports_cross", join(path, "cross_attention"), "for cross-attention")
+        require(
+            self.cross_attention,
+            "supports_cross",
+            join(path, "cross_attention"),
+            "for cross-attention",
+        )
         if self.decoder_depth is not None and self.decoder_depth < 1:
             raise ConfigError(f"{join(path, 'decoder_depth')}: {self.decoder_depth} must be >= 1")
         if not 0 <= self.bos_token_id < self.vocab_size:
@@ -57,8 +62,10 @@ class EncoderDecoder(nn.Module):
             cross=True,
             embedding=self.encoder.embed,
         )
-        self.lm_head = None if cfg.tie_embeddings else make_linear(
-            cfg.linear, cfg.dim, cfg.vocab_size, bias=False
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else make_linear(cfg.linear, cfg.dim, cfg.vocab_size, bias=False)
         )
         init_weights(self, cfg.init_std, cfg.depth + (cfg.decoder_depth or cfg.depth))
 
@@ -109,7 +116,10 @@ class EncoderDecoder(nn.Module):
     ) -> torch.Tensor:
         """Decode targets for a batch of sources; returns (B, 1 + max_new_tokens) starting with BOS."""
         check_sampling(
-            max_new_tokens, sampling.get("temperature", 0.0), sampling.get("top_k"), sampling.get("top_p")
+            max_new_tokens,
+            sampling.get("temperature", 0.0),
+            sampling.get("top_k"),
+            sampling.get("top_p"),
         )
         if not isinstance(src_ids, torch.Tensor):
             src_ids, src_mask = left_pad(src_ids)
@@ -119,12 +129,21 @@ class EncoderDecoder(nn.Module):
             )
         memory = self.encode(src_ids, src_mask)
         start = torch.full((src_ids.size(0), 1), self.config.bos_token_id, dtype=torch.long)
-        cache = DecodeCache(len(self.decoder.blocks)) if use_cache and self.supports_kv_cache else None
+        cache = (
+            DecodeCache(len(self.decoder.blocks)) if use_cache and self.supports_kv_cache else None
+        )
 
         def step(x: torch.Tensor, _mask: Any, c: Any) -> torch.Tensor:
             return self.decode(x, memory, src_mask=src_mask, cache=c)[:, -1]
 
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         return decode_loop(
-            step, start, None, cache, max_new_tokens, eos_token_id=eos_token_id, generator=generator, **sampling
+            step,
+            start,
+            None,
+            cache,
+            max_new_tokens,
+            eos_token_id=eos_token_id,
+            generator=generator,
+            **sampling,
         )

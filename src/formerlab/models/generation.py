@@ -16,7 +16,9 @@ Step = Callable[[torch.Tensor, torch.Tensor | None, Any], torch.Tensor]
 _warned: set[str] = set()
 
 
-def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    prompts: Sequence[Sequence[int]], pad_id: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lists of ids of different lengths -> (B, T) ids and (B, T) bool mask, padded on the left."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise InputError("prompt_ids: every prompt needs at least one token")
@@ -140,4 +142,6 @@ def generate(
     if not as_list:
         return out
     width = ids.size(1)
-    return [_trim(row, width, n, eos_token_id) for row, n in zip(out.tolist(), lengths, strict=True)]
+    return [
+        _trim(row, width, n, eos_token_id) for row, n in zip(out.tolist(), lengths, strict=True)
+    ]

@@ -98,7 +98,9 @@ class MLMHead(nn.Module):
         self.transform = make_linear(linear, dim, dim, bias=True)
         self.norm = nn.LayerNorm(dim)
         self.embedding = embedding if cfg.tie_embeddings else None
-        self.decoder = None if cfg.tie_embeddings else make_linear(linear, dim, vocab_size, bias=False)
+        self.decoder = (
+            None if cfg.tie_embeddings else make_linear(linear, dim, vocab_size, bias=False)
+        )
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -36,7 +36,9 @@ class Task:
     vocab_size: int
     tokenizer: Any = None
 
-    def __init__(self, cfg: TaskConfig, *, seed: int = 0, workdir: str | Path | None = None) -> None:
+    def __init__(
+        self, cfg: TaskConfig, *, seed: int = 0, workdir: str | Path | None = None
+    ) -> None:
         self.config = cfg
         self.seed = seed
         self.workdir = Path(workdir) if workdir is not None else None

@@ -37,4 +37,3 @@ def UntieEmbeddings(cfg: UntieEmbeddingsConfig, *, model: nn.Module) -> nn.Modul
     state["lm_head.weight"] = state[embed_key].clone()
     new.load_state_dict(state)
     return new.to(next(model.parameters()).dtype).train(model.training)
-

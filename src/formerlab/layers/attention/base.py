@@ -46,7 +46,9 @@ def capability(cfg: AttentionConfig, name: str) -> bool:
 def require(cfg: AttentionConfig, name: str, path: str, why: str) -> None:
     """ConfigError naming the part and the capability it lacks (DESIGN rule 4)."""
     if not capability(cfg, name):
-        raise ConfigError(f"{join(path, 'kind')}: attention {cfg.kind!r} lacks {name}, needed {why}")
+        raise ConfigError(
+            f"{join(path, 'kind')}: attention {cfg.kind!r} lacks {name}, needed {why}"
+        )
 
 
 def build_attention(cfg: AttentionConfig, **dims: Any) -> Attention:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 from ...config import join, param
@@ -82,8 +81,10 @@ class SoftmaxAttention(Attention):
         kv_dim = self.num_kv_heads * self.head_dim
         if not self.cross:
             q, k, v = self.qkv_proj(x).split([self.num_heads * self.head_dim, kv_dim, kv_dim], -1)
-            return self._heads(q, self.num_heads), self._heads(k, self.num_kv_heads), self._heads(
-                v, self.num_kv_heads
+            return (
+                self._heads(q, self.num_heads),
+                self._heads(k, self.num_kv_heads),
+                self._heads(v, self.num_kv_heads),
             )
         q = self._heads(self.q_proj(x), self.num_heads)
         if cache is not None and "context_kv" in cache:

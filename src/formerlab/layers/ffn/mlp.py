@@ -45,7 +45,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: MLPConfig, *, dim: int, linear: LinearConfig):
         super().__init__()
         self.config = cfg
-        hidden = int(round(cfg.mult * dim))
+        hidden = round(cfg.mult * dim)
         self.fc1 = make_linear(linear, dim, hidden, bias=cfg.bias)
         self.fc2 = make_linear(linear, hidden, dim, bias=cfg.bias)
         self.fc2.residual_out = True  # scaled init (GPT-2): it writes into the residual stream

@@ -1,0 +1,323 @@
+"""The ``formerlab`` command line: train, eval, generate, info, claims, bench, demo.
+
+Errors a user can cause print one line (``error: ...``) and exit with status 2; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import FormerlabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="formerlab: Transformer efficiency techniques, trained and measured on your machine.",
+)
+claims_app = typer.Typer(no_args_is_help=True, help="Paper claim checks: list them, run them.")
+bench_app = typer.Typer(no_args_is_help=True, help="Speed and memory benchmarks (JSON figures).")
+app.add_typer(claims_app, name="claims")
+app.add_typer(bench_app, name="bench")
+
+console = Console()
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str] | None = None) -> Table:
+    columns = columns or (list(rows[0]) if rows else [])
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c)
+    for row in rows:
+        table.add_row(*(_fmt(row.get(c, "")) for c in columns))
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return "" if value is None else str(value)
+
+
+# -- train / eval / generate -------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Run file (YAML/JSON): model, task, train.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a field, e.g. model.depth=2.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<config>).")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest valid checkpoint.")
+    ] = False,
+    progress: Annotated[
+        bool | None, typer.Option("--progress/--no-progress", help="Force the progress bar on/off.")
+    ] = None,
+) -> None:
+    """Train a model from a run file.
+
+    Example: formerlab train configs/examples/code-lm-tiny.yaml --set train.steps=200 --out runs/tiny
+    """
+    from .run_config import load_config
+    from .train import train as run_training
+
+    run = load_config(config, overrides=set_ or [])
+    out = out or Path("runs") / config.stem
+    summary = run_training(run, out, resume=resume, progress=progress)
+    rows = [{"metric": k, "value": v} for k, v in (summary.get("val") or {}).items()]
+    rows += [{"metric": "final_step", "value": summary.get("final_step")}]
+    console.print(_table(f"run {out}", rows))
+
+
+@app.command("eval")
+def evaluate(
+    directory: Annotated[Path, typer.Argument(help="A run directory made by `formerlab train`.")],
+    batch_size: Annotated[int | None, typer.Option(help="Evaluation batch size.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
+) -> None:
+    """Evaluate the newest valid checkpoint of a run on its task's validation split.
+
+    Example: formerlab eval runs/tiny --json
+    """
+    import torch
+
+    from .registry import TASK
+    from .runs import load_trained
+
+    loaded = load_trained(directory)
+    if loaded.run is None:
+        raise FormerlabError(f"{directory}: a save_pretrained directory has no task to evaluate")
+    run = loaded.run
+    task = TASK.build(run.task, seed=run.train.seed, workdir=None)
+    with torch.no_grad():
+        metrics = task.evaluate(loaded.model, batch_size or run.train.batch_size)
+    metrics = {"step": loaded.step, **metrics}
+    if as_json:
+        print(json.dumps(metrics))
+    else:
+        console.print(
+            _table(f"eval {directory}", [{"metric": k, "value": v} for k, v in metrics.items()])
+        )
+
+
+@app.command()
+def generate(
+    directory: Annotated[Path, typer.Argument(help="A run or save_pretrained directory.")],
+    prompt: Annotated[str, typer.Option(help="Text to continue.")] = "",
+    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(help="Sample among the k best tokens.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = 0.95,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = 0,
+) -> None:
+    """Continue a prompt with a trained decoder LM.
+
+    Example: formerlab generate runs/demo --prompt "def main(" --max-new-tokens 200
+    """
+    from .runs import load_trained
+
+    loaded = load_trained(directory)
+    if not hasattr(loaded.model, "generate") or loaded.model.config.kind != "decoder_lm":
+        raise FormerlabError(
+            f"{directory}: generate needs a decoder_lm, got {loaded.model.config.kind}"
+        )
+    ids = loaded.tokenizer.encode(prompt) or [0]
+    room = loaded.model.config.max_seq_len - len(ids)
+    if room < 1:
+        raise FormerlabError(f"--prompt: {len(ids)} tokens leave no room under max_seq_len")
+    out = loaded.model.generate(
+        [ids],
+        min(max_new_tokens, room),
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )[0]
+    print(loaded.tokenizer.decode(out))
+
+
+# -- info ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def info(
+    group: Annotated[
+        str | None, typer.Argument(help="A registry group (attention, norm, ...) or 'presets'.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="One registered name: show its fields.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List what is registered: groups, the kinds of a group, or one kind's fields.
+
+    Example: formerlab info attention softmax
+    """
+    from .models import list_presets
+    from .registry import GROUPS, describe, list_registered
+
+    if group == "presets":
+        rows = [{"preset": n, "description": d} for n, d in list_presets()]
+    elif group is None:
+        rows = [{"group": g, "registered": ", ".join(list_registered(g))} for g in GROUPS]
+    elif name is None:
+        rows = [_summary_row(group, n, describe) for n in list_registered(group)]
+    else:
+        d = describe(group, name)
+        if as_json:
+            print(json.dumps(d, default=str))
+            return
+        console.print(f"[bold]{group} / {name}[/]  {d['paper']}\n{d['summary']}")
+        caps = ", ".join(k for k, v in d["capabilities"].items() if v)
+        if caps:
+            console.print(f"capabilities: {caps}")
+        rows = d["fields"]
+    if as_json:
+        print(json.dumps(rows, default=str))
+    else:
+        console.print(_table(f"formerlab {group or 'groups'}", rows))
+
+
+def _summary_row(group: str, name: str, describe: Any) -> dict[str, Any]:
+    d = describe(group, name)
+    caps = ", ".join(k.removeprefix("supports_") for k, v in d["capabilities"].items() if v)
+    row = {"name": name, "paper": d["paper"], "summary": d["summary"]}
+    return {**row, "capabilities": caps} if d["capabilities"] else row
+
+
+# -- claims -------------------------------------------------------------------------------------
+
+
+@claims_app.command("list")
+def claims_list(
+    results: Annotated[Path, typer.Option(help="Where `claims run` wrote its JSON.")] = Path(
+        "runs/claims"
+    ),
+) -> None:
+    """Table of registered claim checks and the status of their last run.
+
+    Example: formerlab claims list
+    """
+    from .claims import list_claims
+
+    rows = list_claims(results)
+    if not rows:
+        console.print("no claim checks are registered yet")
+        return
+    console.print(_table("claim checks", rows))
+
+
+@claims_app.command("run")
+def claims_run(
+    names: Annotated[list[str], typer.Argument(help="Claim keys (see `formerlab claims list`).")],
+    budget: Annotated[
+        str, typer.Option(help="quick (<= 3 min each) or full (<= 15 min).")
+    ] = "quick",
+    out: Annotated[Path, typer.Option(help="Directory for the result JSON files.")] = Path(
+        "runs/claims"
+    ),
+) -> None:
+    """Run claim checks and write one JSON result per check.
+
+    Example: formerlab claims run lra --budget quick
+    """
+    from .claims import run_claims
+
+    results = run_claims(names, budget, out, log=lambda m: console.print(m))
+    cols = ["key", "status", "ours", "paper_value", "passed", "control_passed", "seconds"]
+    console.print(_table("claim results", results, cols))
+    if any(r["status"] == "broken" for r in results):
+        raise typer.Exit(1)
+
+
+# -- bench --------------------------------------------------------------------------------------
+
+
+@bench_app.command("speed")
+def bench_speed(
+    preset: Annotated[str, typer.Option(help="Model preset to measure.")] = "gpt-small-cpu",
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
+) -> None:
+    """Training, forward and generation throughput of a preset (median of warm runs).
+
+    Example: formerlab bench speed --preset gpt-small-cpu --json
+    """
+    from .bench import speed_benchmark
+
+    figures = speed_benchmark(preset, threads=threads)
+    if as_json:
+        print(json.dumps(figures))
+    else:
+        console.print(
+            _table(f"speed: {preset}", [{"figure": k, "value": v} for k, v in figures.items()])
+        )
+
+
+# -- demo ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/demo"),
+    steps: Annotated[
+        int | None, typer.Option(help="Override the number of training steps.")
+    ] = None,
+    fresh: Annotated[bool, typer.Option(help="Delete an earlier demo run first.")] = True,
+) -> None:
+    """Train a small code LM on the Python standard library, evaluate it, sample from it and write
+    runs/demo/report.html.
+
+    Example: formerlab demo --steps 100
+    """
+    from .demo import run_demo
+
+    run_demo(out, steps=steps, fresh=fresh, console=console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: one-line errors, exit code 2 (130 on Ctrl-C)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = app(args, standalone_mode=False)
+    except FormerlabError as exc:
+        if "--debug" in args:
+            raise
+        Console(stderr=True).print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
