@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +13,16 @@ from torch import nn
 
 from ..config import read_file
 from ..errors import CheckpointError
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+from ..fileio import atomic_write, atomic_write_text
 
 
 def save_pretrained(model: nn.Module, directory: str | Path, tokenizer: Any = None) -> Path:
     """Write ``config.yaml`` and ``model.safetensors`` (tied weights stored once) into ``directory``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic(directory / "model.safetensors", lambda p: save_model(model, str(p)))
+    atomic_write(directory / "model.safetensors", lambda p: save_model(model, str(p)))
     text = yaml.safe_dump(model.config.to_dict(), sort_keys=False)
-    _atomic(directory / "config.yaml", lambda p: p.write_text(text, encoding="utf-8"))
+    atomic_write_text(directory / "config.yaml", text)
     if tokenizer is not None:
         from ..tokenizers import save_tokenizer
 
