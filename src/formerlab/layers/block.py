@@ -37,14 +37,17 @@ class TransformerBlock(nn.Module):
         )
         self.ffn_norm = NORM.build(cfg.norm, dim=cfg.dim)
         self.ffn = FFN.build(cfg.ffn, dim=cfg.dim, linear=cfg.linear)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout  # functional, and skipped entirely when 0 (decode speed)
 
     def _residual(
         self, x: torch.Tensor, norm: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]
     ) -> torch.Tensor:
         if self.placement == "pre":
-            return x + self.drop(fn(norm(x)))
-        return norm(x + self.drop(fn(x)))
+            return x + self._drop(fn(norm(x)))
+        return norm(x + self._drop(fn(x)))
+
+    def _drop(self, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(y, self.dropout, self.training) if self.dropout else y
 
     def forward(
         self,

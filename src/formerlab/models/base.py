@@ -99,7 +99,7 @@ class TransformerStack(nn.Module):
         self.position = POSITION.build(
             cfg.position, dim=cfg.dim, head_dim=cfg.head_dim, max_seq_len=cfg.max_seq_len
         )
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
         self.blocks = nn.ModuleList(
             TransformerBlock(cfg, causal=causal, cross=cross) for _ in range(depth)
         )
@@ -114,9 +114,11 @@ class TransformerStack(nn.Module):
                 f"{tuple(input_ids.shape)} dtype {input_ids.dtype}"
             )
         vocab = self.config.vocab_size
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
-            bad = int(input_ids.max()) if int(input_ids.max()) >= vocab else int(input_ids.min())
-            raise InputError(f"input_ids: token id {bad} out of range; allowed: 0..{vocab - 1}")
+        if input_ids.numel():
+            low, high = (int(v) for v in torch.aminmax(input_ids))
+            if low < 0 or high >= vocab:
+                bad = high if high >= vocab else low
+                raise InputError(f"input_ids: token id {bad} out of range; allowed: 0..{vocab - 1}")
         end = offset + input_ids.size(1)
         if end > self.config.max_seq_len:
             raise InputError(
@@ -141,7 +143,9 @@ class TransformerStack(nn.Module):
                 position_ids = positions_from_mask(attention_mask)[:, -T:]
             else:
                 position_ids = torch.arange(offset, offset + T, device=input_ids.device)
-        x = self.drop(self.position(self.embed(input_ids), position_ids))
+        x = self.position(self.embed(input_ids), position_ids)
+        if self.dropout:
+            x = nn.functional.dropout(x, self.dropout, self.training)
         rotary = self.position.rotary(position_ids, x.dtype)
         for i, block in enumerate(self.blocks):
             x = block(

@@ -50,7 +50,10 @@ class MLP(nn.Module):
         self.fc2 = make_linear(linear, hidden, dim, bias=cfg.bias)
         self.fc2.residual_out = True  # scaled init (GPT-2): it writes into the residual stream
         self.act = ACTIVATIONS[cfg.activation]
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(self.act(self.fc1(x))))
+        h = self.act(self.fc1(x))
+        if self.dropout:
+            h = nn.functional.dropout(h, self.dropout, self.training)
+        return self.fc2(h)

@@ -26,9 +26,9 @@ class LayerNorm(nn.Module):
 
     def __init__(self, cfg: LayerNormConfig, *, dim: int):
         super().__init__()
-        self.config, self.eps = cfg, cfg.eps
+        self.config, self.eps, self.shape = cfg, cfg.eps, (dim,)
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if cfg.bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        return nn.functional.layer_norm(x, self.shape, self.weight, self.bias, self.eps)

@@ -24,8 +24,8 @@ class RMSNorm(nn.Module):
 
     def __init__(self, cfg: RMSNormConfig, *, dim: int):
         super().__init__()
-        self.config, self.eps = cfg, cfg.eps
+        self.config, self.eps, self.shape = cfg, cfg.eps, (dim,)
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.rms_norm(x, x.shape[-1:], self.weight, self.eps)
+        return nn.functional.rms_norm(x, self.shape, self.weight, self.eps)
