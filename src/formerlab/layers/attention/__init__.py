@@ -2,6 +2,7 @@
 
 from .base import Attention, AttentionConfig, build_attention
 from .cache import DecodeCache, KVCache
+from .projected import ProjectedAttention
 from .softmax import SoftmaxAttention, SoftmaxAttentionConfig
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "AttentionConfig",
     "DecodeCache",
     "KVCache",
+    "ProjectedAttention",
     "SoftmaxAttention",
     "SoftmaxAttentionConfig",
     "build_attention",
