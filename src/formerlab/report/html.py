@@ -37,8 +37,13 @@ def write_report(
     table: Sequence[Mapping[str, Any]] | Mapping[str, Any],
     samples: Sequence[str] = (),
     notes: str = "",
+    figures: Sequence[tuple[str, str]] = (),
 ) -> Path:
-    """Write the report to ``path`` (atomically) and return it."""
+    """Write the report to ``path`` (atomically) and return it.
+
+    ``figures`` are extra ``(heading, base64 PNG)`` sections (see :func:`figure_png_base64`); the
+    loss-curve section is left out when there are figures and no metrics records.
+    """
     _check_args(title, metrics_records, table, samples, notes)
     curves = loss_curves(metrics_records)
     columns, rows = table_cells(table)
@@ -46,6 +51,8 @@ def write_report(
         title=title,
         notes=notes,
         plot=plot_png_base64(curves) if curves else None,
+        show_loss=bool(metrics_records) or not figures,
+        figures=list(figures),
         columns=columns,
         rows=rows,
         samples=list(samples),
@@ -138,11 +145,7 @@ def format_value(value: Any) -> str:
 
 def plot_png_base64(curves: Mapping[str, tuple[list, list]]) -> str:
     """The loss curves as a base64-encoded PNG (matplotlib Agg canvas, no global pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.0), dpi=110)
-    FigureCanvasAgg(fig)
+    fig = new_figure()
     ax = fig.add_subplot()
     for label, (steps, values) in curves.items():
         marker = "o" if len(steps) < 30 else None
@@ -151,6 +154,21 @@ def plot_png_base64(curves: Mapping[str, tuple[list, list]]) -> str:
     ax.set_ylabel("loss (nats / token)")
     ax.grid(True, alpha=0.3)
     ax.legend()
+    return figure_png_base64(fig)
+
+
+def new_figure(size: tuple[float, float] = (7.5, 4.0)) -> Any:
+    """A matplotlib Figure on an Agg canvas (no global pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_png_base64(fig: Any) -> str:
+    """Encode a figure as a base64 PNG for embedding in the report."""
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
