@@ -274,6 +274,48 @@ def bench_speed(
         )
 
 
+# -- compare ------------------------------------------------------------------------------------
+
+
+@app.command()
+def compare(
+    config: Annotated[Path, typer.Argument(help="The base run file (model, task, train).")],
+    variants: Annotated[
+        list[Path] | None,
+        typer.Option("--variants", help="YAML files, each holding what differs from the base."),
+    ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(help="One field over values, e.g. model.attention.kind=softmax,local."),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per variant (0..N-1).")] = 3,
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps for every run (the budget).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default runs/compare/<config>).")
+    ] = None,
+) -> None:
+    """Train variants of one run under the same steps and seeds; print the table, write report.html.
+
+    Example: formerlab compare configs/examples/copy-tiny.yaml --sweep model.norm.kind=layernorm,rmsnorm --seeds 2
+    """
+    from .compare import compare as run_compare
+
+    out = out or Path("runs") / "compare" / config.stem
+    rows = run_compare(
+        config,
+        out,
+        variants=variants or [],
+        sweep=sweep,
+        seeds=seeds,
+        steps=steps,
+        log=console.print,
+    )
+    console.print(_table(f"compare {config}", rows))
+    console.print(f"report: {out / 'report.html'}")
+
+
 # -- demo ---------------------------------------------------------------------------------------
 
 
