@@ -18,6 +18,7 @@ COMMANDS = [
     ["claims", "run"],
     ["bench", "speed"],
     ["demo"],
+    ["compare"],
 ]
 
 
