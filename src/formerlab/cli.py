@@ -274,6 +274,53 @@ def bench_speed(
         )
 
 
+@bench_app.command("attention")
+def bench_attention(
+    kinds: Annotated[
+        str | None, typer.Option(help="Comma-separated attention kinds [default: all registered].")
+    ] = None,
+    lengths: Annotated[
+        str, typer.Option(help="Comma-separated sequence lengths.")
+    ] = "512,1024,2048,4096,8192,16384",
+    causal: Annotated[
+        bool, typer.Option("--causal", help="Causal attention (kinds without it are skipped).")
+    ] = False,
+    repeats: Annotated[int, typer.Option(help="Timed forward+backward calls (median).")] = 3,
+    timeout_s: Annotated[
+        float,
+        typer.Option("--timeout-s", help="Seconds one call may take before a kind stops growing."),
+    ] = 60.0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a log-log plot here (.png, .svg or .pdf).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
+) -> None:
+    """Forward+backward time and peak memory of attention kinds over sequence length (batch 1,
+    dim 256, 4 heads, float32; median of warm runs), with fitted scaling exponents.
+
+    Example: formerlab bench attention --kinds softmax,local --lengths 1024,2048,4096 --json
+    """
+    from .bench.attention import attention_benchmark, parse_ints, parse_names, summary_rows
+
+    options = {"lengths": parse_ints(lengths, "--lengths"), "causal": causal, "repeats": repeats}
+    if kinds is not None:
+        options["kinds"] = parse_names(kinds, "--kinds")
+    progress = Console(stderr=True)
+
+    def log(line: str) -> None:
+        progress.print(line, markup=False, highlight=False)
+
+    result = attention_benchmark(
+        plot=plot, log=log, timeout_s=timeout_s, threads=threads, **options
+    )
+    if as_json:
+        print(json.dumps(result))
+        return
+    title = f"attention fwd+bwd time / peak memory; exponents over {result['fit_range']} tokens"
+    console.print(_table(title, summary_rows(result)))
+
+
 # -- compare ------------------------------------------------------------------------------------
 
 

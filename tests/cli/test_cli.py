@@ -17,6 +17,7 @@ COMMANDS = [
     ["claims", "list"],
     ["claims", "run"],
     ["bench", "speed"],
+    ["bench", "attention"],
     ["demo"],
     ["compare"],
 ]

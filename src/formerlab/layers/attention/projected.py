@@ -46,16 +46,30 @@ class ProjectedAttention(Attention):
         B, T, _ = x.shape
         return x.view(B, T, n, self.head_dim).transpose(1, 2)  # (B, n, T, hd)
 
-    def project(self, x: torch.Tensor, context: torch.Tensor | None, cache: dict | None):
-        """Queries from x; keys/values from x (self) or the context (cross: computed once per decode)."""
+    def split_qkv(self, h: torch.Tensor):
+        """(B, T, (nh + 2 nkv) hd) fused projections -> q (B, nh, T, hd), k and v (B, nkv, T, hd)."""
         kv_dim = self.num_kv_heads * self.head_dim
+        q, k, v = h.split([self.num_heads * self.head_dim, kv_dim, kv_dim], -1)
+        return (
+            self._heads(q, self.num_heads),
+            self._heads(k, self.num_kv_heads),
+            self._heads(v, self.num_kv_heads),
+        )
+
+    def project(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None,
+        cache: dict | None,
+        key_mask: torch.Tensor | None = None,
+    ):
+        """Queries from x; keys/values from x (self) or the context (cross: computed once per decode).
+
+        ``key_mask`` is the self-attention mask (B, S_total), for kinds whose projections mix
+        positions (Primer's convolutions)."""
         if not self.cross:
-            q, k, v = self.qkv_proj(x).split([self.num_heads * self.head_dim, kv_dim, kv_dim], -1)
-            return (
-                self._heads(q, self.num_heads),
-                self._heads(k, self.num_kv_heads),
-                self._heads(v, self.num_kv_heads),
-            )
+            return self.split_qkv(self.qkv_proj(x))
+        kv_dim = self.num_kv_heads * self.head_dim
         q = self._heads(self.q_proj(x), self.num_heads)
         if cache is not None and "context_kv" in cache:
             return (q, *cache["context_kv"])
@@ -96,7 +110,7 @@ class ProjectedAttention(Attention):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        q, k, v = self.project(x, context, cache)
+        q, k, v = self.project(x, context, cache, None if self.cross else attention_mask)
         if rotary is not None and not self.cross:
             q, k = apply_rope(q, *rotary), apply_rope(k, *rotary)
         key_mask = context_mask if self.cross else attention_mask

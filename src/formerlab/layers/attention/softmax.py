@@ -9,13 +9,16 @@ Differences from the paper: none in the mechanism; grouped-query heads are an op
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch.nn import functional as F
 
 from ...config import join, param
 from ...errors import ConfigError
 from ...ops.masks import sdpa_mask
+from ...ops.scores import explicit_attention
 from ...registry import ATTENTION
 from .base import AttentionConfig
 from .cache import KVCache
@@ -45,16 +48,30 @@ class SoftmaxAttention(ProjectedAttention):
     supports_kv_cache = True
     supports_cross = True
 
+    #: scores -> weights for variants of softmax (clipped, top-k, ...); None = the fused SDPA kernel
+    probs: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     def attend(self, q, k, v, *, key_mask, cache):
         if cache is not None:
             k, v = cache.setdefault("kv", KVCache()).update(k, v)
+        dropout_p = self.config.dropout if self.training else 0.0
+        if self.probs is not None:
+            return explicit_attention(
+                q,
+                k,
+                v,
+                causal=self.causal,
+                key_mask=key_mask,
+                probs=self.probs,
+                dropout_p=dropout_p,
+            )
         mask, is_causal = sdpa_mask(q.size(2), k.size(2), causal=self.causal, key_mask=key_mask)
         return F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=mask,
-            dropout_p=self.config.dropout if self.training else 0.0,
+            dropout_p=dropout_p,
             is_causal=is_causal,
             enable_gqa=self.num_kv_heads != self.num_heads,
         )  # (B, nh, T, hd)

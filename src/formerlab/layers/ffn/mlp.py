@@ -14,10 +14,17 @@ from ...registry import FFN
 from ..linear import LinearConfig, make_linear
 from .base import FFNConfig
 
+
+def relu2(x: torch.Tensor) -> torch.Tensor:
+    """Squared ReLU, relu(x)^2 (So et al., 2021, Primer, arXiv:2109.08668)."""
+    return nn.functional.relu(x).square()
+
+
 ACTIVATIONS = {
     "gelu": nn.functional.gelu,
     "relu": nn.functional.relu,
     "silu": nn.functional.silu,
+    "relu2": relu2,
 }
 
 
@@ -25,7 +32,9 @@ ACTIVATIONS = {
 class MLPConfig(FFNConfig):
     kind = "mlp"
     mult: float = param(4.0, doc="hidden width as a multiple of the model width")
-    activation: Literal["gelu", "relu", "silu"] = param("gelu", doc="nonlinearity")
+    activation: Literal["gelu", "relu", "silu", "relu2"] = param(
+        "gelu", doc="nonlinearity (relu2: squared ReLU, Primer)"
+    )
     bias: bool = param(True, doc="biases in both projections")
     dropout: float = param(0.0, doc="dropout after the activation")
 
