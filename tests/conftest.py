@@ -14,3 +14,9 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _dataset_cache(tmp_path_factory) -> None:
+    """Generated datasets (listops, pathfinder, ...) are cached in a temporary folder, never ~/.cache."""
+    os.environ["FORMERLAB_CACHE"] = str(tmp_path_factory.mktemp("formerlab-cache"))

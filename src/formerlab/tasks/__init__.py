@@ -3,23 +3,33 @@
 - ``code_lm``: the Python standard library's sources (the default corpus, split by file).
 - ``text_lm``: your own files (glob patterns).
 - ``copy``: a synthetic copy task for fast tests.
+- ``listops``, ``pathfinder``: Long Range Arena-style sequence classification (generated, cached).
 """
 
 from __future__ import annotations
 
 from .base import Task, TaskConfig, batch_generator
+from .classification import ClassificationTask, ClassificationTaskConfig
 from .code_lm import CodeLMConfig, CodeLMTask, stdlib_files
 from .copy import CopyTask, CopyTaskConfig
+from .listops import ListOpsConfig, ListOpsTask
 from .lm import LMTask, LMTaskConfig
+from .pathfinder import PathfinderConfig, PathfinderTask
 from .text_lm import TextLMConfig, TextLMTask
 
 __all__ = [
+    "ClassificationTask",
+    "ClassificationTaskConfig",
     "CodeLMConfig",
     "CodeLMTask",
     "CopyTask",
     "CopyTaskConfig",
     "LMTask",
     "LMTaskConfig",
+    "ListOpsConfig",
+    "ListOpsTask",
+    "PathfinderConfig",
+    "PathfinderTask",
     "Task",
     "TaskConfig",
     "TextLMConfig",
