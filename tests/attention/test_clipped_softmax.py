@@ -120,27 +120,9 @@ def test_bad_hyperparameters_name_the_field(field: str, value: float, allowed: s
         fl.build_model({**cfg, "attention": {"kind": "clipped_softmax", field: value}})
 
 
-def cross_twins(attn: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """A cross-attention layer of ``attn`` and a softmax one with the same projections."""
-    dims = dict(dim=DIM, num_heads=HEADS, causal=False, max_seq_len=16, linear=DenseConfig())
-    ours = build_attention(AttentionConfig.from_dict(attn), cross=True, **dims).double().eval()
-    softmax = build_attention(AttentionConfig.from_dict({"kind": "softmax"}), cross=True, **dims)
-    softmax.double().eval().load_state_dict(ours.state_dict(), strict=False)
-    return ours, softmax
-
-
-def cross_outputs(ours: torch.nn.Module, softmax: torch.nn.Module) -> list[torch.Tensor]:
-    x, context = (
-        torch.randn(2, 4, DIM, dtype=torch.float64),
-        torch.randn(2, 9, DIM, dtype=torch.float64),
-    )
-    context_mask = torch.ones(2, 9, dtype=torch.bool)
-    context_mask[1, 6:] = False
-    with torch.no_grad():
-        return [m(x, context=context, context_mask=context_mask) for m in (ours, softmax)]
-
-
-def test_gamma_0_zeta_1_cross_attention_equals_softmax_cross_attention() -> None:
+def test_gamma_0_zeta_1_cross_attention_equals_softmax_cross_attention(
+    cross_twins, cross_outputs
+) -> None:
     ours, softmax = cross_twins({"kind": "clipped_softmax", "gamma": 0.0, "zeta": 1.0})
     got, want = cross_outputs(ours, softmax)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
