@@ -359,7 +359,9 @@ def compare(
         steps=steps,
         log=console.print,
     )
-    console.print(_table(f"compare {config}", rows))
+    from .report.compare import display_rows
+
+    console.print(_table(f"compare {config}", display_rows(rows)))
     console.print(f"report: {out / 'report.html'}")
 
 

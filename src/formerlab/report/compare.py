@@ -52,10 +52,9 @@ def scatter_png(rows: list[dict[str, Any]]) -> str:
     return figure_png_base64(fig)
 
 
-def write_compare_report(
-    path: str | Path, rows: list[dict[str, Any]], results: list[dict[str, Any]], *, title: str
-) -> Path:
-    table = [
+def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The comparison table as people read it (used by the CLI and the report)."""
+    return [
         {
             "variant": r["variant"],
             r["metric"]: f"{r['mean']:.4g} ± {r['std']:.2g}",
@@ -66,11 +65,21 @@ def write_compare_report(
         }
         for r in rows
     ]
+
+
+def write_compare_report(
+    path: str | Path, rows: list[dict[str, Any]], results: list[dict[str, Any]], *, title: str
+) -> Path:
     figures = [
         ("Learning curves", curves_png(rows, results)),
         (f"{rows[0]['metric']} against training speed", scatter_png(rows)),
     ]
     notes = "Each variant trained with the same steps and seeds, one process per run."
     return write_report(
-        path, title=title, metrics_records=[], table=table, notes=notes, figures=figures
+        path,
+        title=title,
+        metrics_records=[],
+        table=display_rows(rows),
+        notes=notes,
+        figures=figures,
     )
