@@ -182,6 +182,31 @@ def test_first_token_attends_to_itself_only() -> None:
     torch.testing.assert_close(y[:, :, 0], v[:, :, 0], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("causal", "n_hashes", "n_buckets", "window"), CASES[1:3] + CASES[4:5])
+def test_kernel_gradients_equal_the_quadratic_reference(
+    causal: bool, n_hashes: int, n_buckets: int, window: int
+) -> None:
+    B, H, T, d = 2, 2, 19, 5
+    q, k, v = (torch.randn(B, H, T, d, dtype=torch.float64, requires_grad=True) for _ in "qkv")
+    buckets = lsh_buckets(k.detach(), torch.randn(n_hashes, d, n_buckets // 2, dtype=torch.float64))
+    mask = torch.rand(B, T) > 0.25
+    grad_out = torch.randn(B, H, T, d, dtype=torch.float64) * mask[:, None, :, None]
+    grads = []
+    for fn in (lsh_attention, lsh_attention_reference):
+        y = fn(q, k, v, buckets, window=window, causal=causal, key_mask=mask)
+        grads.append(torch.autograd.grad(y, (q, k, v), grad_out))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_hashing_is_the_argmax_over_the_rotations_and_their_negatives() -> None:
+    x = torch.randn(2, 3, 50, 8, dtype=torch.float64)
+    rotations = torch.randn(4, 8, 5, dtype=torch.float64)
+    rotated = torch.einsum("bhtd,rdk->bhrtk", x, rotations)
+    want = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+    assert torch.equal(lsh_buckets(x, rotations), want)
+
+
 def test_hashing_is_scale_invariant_local_and_in_range() -> None:
     x = F.normalize(torch.randn(1, 1, 400, 16, dtype=torch.float64), dim=-1)
     rotations = torch.randn(3, 16, 4, dtype=torch.float64)

@@ -43,13 +43,14 @@ def check_band(before: int, after: int, dilation: int) -> None:
 
 
 def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Softmax over the allowed entries of the last dim; a row with none allowed becomes zeros."""
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    top = scores.amax(dim=-1, keepdim=True).detach()
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    e = (scores - top).exp()
-    total = e.sum(dim=-1, keepdim=True)
-    return e / torch.where(total > 0, total, torch.ones_like(total))
+    """Softmax over the allowed entries of the last dim; a row with none allowed becomes zeros.
+
+    The mask enters as an additive 0 / -inf bias of the mask's own (often head-broadcast) shape,
+    then one fused softmax: forward and backward each take a couple of passes over the scores."""
+    some = allowed.any(dim=-1, keepdim=True)  # rows with no key get a zero bias, then zeros
+    blocked = torch.where(some, float("-inf"), 0.0).to(scores.dtype)
+    p = torch.softmax(scores + torch.where(allowed, scores.new_zeros(()), blocked), dim=-1)
+    return p if bool(some.all()) else p * some
 
 
 def _pad(x: torch.Tensor, dim: int, front: int, back: int, fill: float | bool) -> torch.Tensor:
@@ -145,21 +146,23 @@ def _blocked(q, k, v, valid, before, after, q_start, k_start, extra, dropout_p, 
     vb = span(v, -2, lo, hi, 0.0).unfold(-2, width, c).transpose(-1, -2)
     mb = span(valid, -1, lo, hi, False).unfold(-1, width, c)  # (.., nb, W)
     qs = span(q, -2, 0, nb * c, 0.0) * (1.0 / math.sqrt(q.size(-1)))  # (.., nb * c, hd)
-    scores = qs.unflatten(-2, (nb, c)) @ kb.transpose(-1, -2)  # (.., nb, c, W)
     rel = torch.arange(width, device=q.device) - torch.arange(c, device=q.device)[:, None]
     allowed = (rel >= 0) & (rel <= before + after) & mb[..., None, :]  # (.., nb, c, W)
-    if extra is not None:
-        scores = torch.cat([scores, (qs @ extra.k.transpose(-1, -2)).unflatten(-2, (nb, c))], -1)
+    if extra is not None:  # each block also holds the G extra keys: (.., nb, W + G, hd)
+        kb, vb = _with_extra(kb, extra.k), _with_extra(vb, extra.v)
         ev = span(extra.valid, -2, 0, nb * c, False).unflatten(-2, (nb, c))  # (.., nb, c, G)
         lead = torch.broadcast_shapes(allowed.shape[:-1], ev.shape[:-1])
         allowed = torch.cat([allowed.expand(*lead, width), ev.expand(*lead, ev.size(-1))], -1)
-    p = masked_softmax(scores, allowed)
+    p = masked_softmax(qs.unflatten(-2, (nb, c)) @ kb.transpose(-1, -2), allowed)  # (.., nb, c, W)
     if dropout_p > 0:
         p = F.dropout(p, dropout_p)
-    y = (p[..., :width] @ vb).flatten(-3, -2)  # (.., nb * c, hd)
-    if extra is not None:
-        y = y + p[..., width:].flatten(-3, -2) @ extra.v
-    return y[..., :Tq, :]
+    return (p @ vb).flatten(-3, -2)[..., :Tq, :]  # (.., Tq, hd)
+
+
+def _with_extra(blocks: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """Append the (.., G, hd) extra keys or values to every block of (.., nb, W, hd)."""
+    shared = extra.unsqueeze(-3).expand(*blocks.shape[:-2], *extra.shape[-2:])
+    return torch.cat([blocks, shared], dim=-2)
 
 
 def band_mask(

@@ -13,6 +13,13 @@ Rounds are combined as softmax attention over the union of the P_i^r: each round
 are lowered by log(number of rounds whose set holds j), then the rounds' outputs are weighted by
 their normalisers (logsumexp). A query whose union is empty attends to itself alone.
 
+Cost: the mask and the duplicate correction enter as one additive bias built without gradients
+(int32 codes, one pass per other round); each chunk's scores against its neighbour chunks are
+products with views of one flat array of sorted chunks (no copies of the keys); every round keeps
+unnormalised sums ``sum e_j v_j`` and ``sum e_j`` with ``e_j = exp(s_j - row max)`` (max detached),
+and rounds are rescaled to a common max before one division, which is exactly the softmax over the
+union, gradients included.
+
 Because the window is counted inside the query's bucket, the set depends only on tokens at or
 before i when causal (sorting by bucket never lets later tokens shift it), and padded tokens, which
 sort into a group of their own, never change the sets of real ones.
@@ -29,13 +36,22 @@ from torch.nn import functional as F
 def lsh_buckets(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     """(B, H, T, d) vectors, (R, d, n_buckets // 2) rotations -> (B, H, R, T) bucket ids.
 
-    An empty last dimension (one bucket) puts every vector in bucket 0.
+    An empty last dimension (one bucket) puts every vector in bucket 0. ``argmax([xR; -xR])`` is
+    read off the max and min of ``xR`` (first index on ties, as the argmax of the concatenation),
+    so only ``xR`` itself is ever built, with one matrix product for every round.
     """
-    B, H, T, _ = x.shape
-    if rotations.size(-1) == 0:
-        return torch.zeros(B, H, rotations.size(0), T, dtype=torch.long, device=x.device)
-    rotated = torch.einsum("bhtd,rdk->bhrtk", x, rotations.to(x.dtype))
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+    B, H, T, d = x.shape
+    R, _, half = rotations.shape
+    if half == 0:
+        return torch.zeros(B, H, R, T, dtype=torch.long, device=x.device)
+    with torch.no_grad():
+        rotated = (x.reshape(-1, d) @ rotations.to(x.dtype).transpose(0, 1).reshape(d, -1)).view(
+            B, H, T, R, half
+        )
+        top, at_top = rotated.max(dim=-1)
+        low, at_low = rotated.min(dim=-1)
+        buckets = torch.where(top >= -low, at_top, at_low + half)  # (B, H, T, R)
+    return buckets.transpose(2, 3)
 
 
 def _chunks(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -71,73 +87,122 @@ def _sort_rounds(buckets: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tens
     return perm, group * 2 * Tp + place
 
 
-def _gather_rounds(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Token-ordered (B, H, Tp, ...) -> sorted per round (B, H, R, Tp, ...)."""
-    R = perm.size(2)
-    expanded = x[:, :, None].expand(-1, -1, R, *x.shape[2:])
-    index = perm.view(*perm.shape, *([1] * (x.dim() - 3))).expand_as(expanded)
-    return expanded.gather(3, index)
+def _row_index(index: torch.Tensor, lead: int, rows: int) -> torch.Tensor:
+    """Places ``index`` within each group of its first ``lead`` dims -> flat row numbers of a
+    (groups * rows, ...) tensor."""
+    groups = index.shape[:lead]
+    base = torch.arange(math.prod(groups), device=index.device) * rows
+    return (index + base.view(*groups, *([1] * (index.dim() - lead)))).flatten()
 
 
-def _code_gaps(sorted_code: torch.Tensor, window: int, after: bool) -> torch.Tensor:
-    """(B, H, R, Tp) codes in each round's sorted order -> query code minus key code for every
-    chunked (query, key) pair: (B, H, R, nc, m, w*m)."""
-    chunked = _chunks(sorted_code, window)
-    keys = _look_around(chunked, after, fill=-8 * sorted_code.size(-1))  # far from every code
-    return chunked[..., None] - keys[..., None, :]
+def _sorted_chunks(x: torch.Tensor, perm: torch.Tensor, window: int) -> torch.Tensor:
+    """Token-ordered (B, H, Tp, d) -> every round's sorted chunks, flat: (B * H * R * nc, m, d)."""
+    B, H, Tp, d = x.shape
+    rows = x.reshape(B * H * Tp, d).index_select(0, _row_index(perm, 2, Tp))
+    return rows.view(-1, window, d)
 
 
-def _allowed(code: torch.Tensor, perm: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
+def _neighbours(chunks: torch.Tensor, after: bool) -> list[torch.Tensor]:
+    """Views of the previous, own (and next) chunk of each flat chunk: no copies of the keys.
+
+    Across the ends of a (b, h, round) run they show the next run's chunks or zeros; the score
+    bias masks those pairs out."""
+    padded = F.pad(chunks, (0, 0, 0, 0, 1, 1))
+    n = chunks.size(0)
+    return [padded[j : j + n] for j in range(3 if after else 2)]
+
+
+def _narrow_codes(code: torch.Tensor) -> torch.Tensor:
+    """The codes as int32 when they fit (halves the traffic of the mask arithmetic)."""
+    limit = 2**30
+    if code.numel() and int(code.abs().max()) < limit:
+        return code.to(torch.int32)
+    return code
+
+
+def _own_round(code: torch.Tensor, perm: torch.Tensor, window: int, causal: bool) -> torch.Tensor:
     """(B, H, R, nc, m, w*m) bool: key in the query's own round set.
 
-    Same bucket and within ``window`` places (close codes), not itself (gap 0), earlier if causal;
-    padding keys sit in their own group, so real queries never see them.
-    """
-    gap = _code_gaps(code.gather(-1, perm), window, not causal)
-    if causal:
-        return (gap > 0) & (gap <= window)
-    return (gap != 0) & (gap.abs() <= window)
+    In a round's sorted order the place gap of a chunked (query, key) pair is fixed by where they
+    sit in the chunk window; the pair is in the set when it shares the group (bucket; -1 for
+    padding, -2 for the missing chunks at the ends) and that gap is 1..window (either sign unless
+    causal)."""
+    Tp = code.size(-1)
+    group = _chunks(torch.div(code.gather(-1, perm), 2 * Tp, rounding_mode="floor"), window)
+    keys = _look_around(group, not causal, fill=-2)  # (B, H, R, nc, w*m)
+    gap = window + torch.arange(window, device=code.device)[:, None]
+    gap = gap - torch.arange(keys.size(-1), device=code.device)  # (m, w*m): query minus key place
+    near = (gap > 0) & (gap <= window) if causal else (gap != 0) & (gap.abs() <= window)
+    return (group[..., None] == keys[..., None, :]) & near
 
 
-def _round_counts(code: torch.Tensor, perm: torch.Tensor, window: int, after: bool) -> torch.Tensor:
-    """For each chunked (query, key) pair, in how many rounds the key is in the query's set."""
-    counts = 0
-    for other in code.unbind(2):  # one round at a time keeps memory at O(R * T * window)
-        sorted_other = other[:, :, None].expand_as(perm).gather(-1, perm)
-        counts = counts + (_code_gaps(sorted_other, window, after).abs() <= window)
-    return counts.clamp(min=1)  # (B, H, R, nc, m, w*m)
+def _other_rounds(code: torch.Tensor, perm: torch.Tensor, window: int, after: bool):
+    """For each chunked (query, key) pair, in how many other rounds the key is in the query's set
+    (same bucket, within ``window`` places): (B, H, R, nc, m, w*m) (bool for two rounds, else
+    uint8), or None for one round."""
+    R = code.size(2)
+    if R == 1:
+        return None
+    counts = []
+    for r in range(R):  # the pairs of round r's chunks, looked up in every other round
+        count = None
+        for other in (o for o in range(R) if o != r):
+            chunked = _chunks(code[:, :, other].gather(-1, perm[:, :, r])[:, :, None], window)
+            keys = _look_around(chunked, after, fill=-8 * code.size(-1))  # far from every code
+            member = (chunked[..., None] - keys[..., None, :]).abs_() <= window
+            count = member if count is None else count.to(torch.uint8).add_(member)
+        counts.append(count)
+    return torch.cat(counts, dim=2)
 
 
-def _chunk_softmax(
-    scores: torch.Tensor, allowed: torch.Tensor, vk: torch.Tensor, dropout_p: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked softmax per chunk -> (output (…, m, d), log-normaliser (…, m); -inf where no key)."""
-    scores = scores.masked_fill(~allowed, -math.inf)
-    top = scores.amax(dim=-1, keepdim=True).detach()
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    e = torch.exp(scores - top)
-    total = e.sum(dim=-1, keepdim=True)
-    empty = total == 0
-    total = torch.where(empty, torch.ones_like(total), total)
-    p = e / total
-    if dropout_p > 0:
-        p = F.dropout(p, dropout_p, training=True)
-    lse = (total.log() + top).masked_fill(empty, -math.inf)
-    return p @ vk, lse.squeeze(-1)
+def _round_bias(code, perm, window: int, causal: bool, dtype) -> torch.Tensor:
+    """Additive score bias: -inf outside the own round set, else -log(rounds holding the key)."""
+    with torch.no_grad():
+        code = _narrow_codes(code)
+        allowed = _own_round(code, perm, window, causal)
+        others = _other_rounds(code, perm, window, not causal)
+        blocked = torch.full((), float("-inf"), dtype=dtype, device=code.device)
+        logs = -torch.arange(1, code.size(2) + 1, dtype=dtype, device=code.device).log()
+        if others is None:
+            return torch.where(allowed, logs[0], blocked)
+        if others.dtype == torch.bool:  # two rounds: held by the other one too, or not
+            return torch.where(allowed, torch.where(others, logs[1], logs[0]), blocked)
+        return torch.where(allowed, logs[others.long()], blocked)
 
 
-def _combine_rounds(out: torch.Tensor, lse: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(B, H, R, T, d) round outputs, (B, H, R, T) normalisers -> (B, H, T, d).
+def _chunk_exp(q, keys, values, bias, dropout_p: float):
+    """Unnormalised softmax of each chunk over its neighbour chunks (``bias`` (N, m, w*m) added).
 
+    Returns (sum_j e_j v_j (N, m, d), sum_j e_j (N, m), row max (N, m); -inf where no key), with
+    ``e = exp(score - row max)`` and the max held constant (detached), so every round's sums
+    share one exact gradient however they are rescaled later."""
+    m = q.size(1)
+    scores = [
+        torch.baddbmm(bias[..., j * m : (j + 1) * m], q, k.transpose(1, 2))
+        for j, k in enumerate(keys)
+    ]  # (N, m, m) per neighbour
+    top = torch.stack([s.detach().amax(dim=-1) for s in scores]).amax(dim=0)  # (N, m)
+    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))[..., None]
+    out, total = None, None
+    for s, v in zip(scores, values, strict=True):
+        e = s.sub_(shift).exp_()
+        total = e.sum(dim=-1) if total is None else total + e.sum(dim=-1)
+        if dropout_p > 0:
+            e = F.dropout(e, dropout_p, training=True)
+        out = e @ v if out is None else torch.baddbmm(out, e, v)
+    return out, total, top
+
+
+def _combine_rounds(out, total, top, v: torch.Tensor) -> torch.Tensor:
+    """(B, H, R, T, d) round sums, (B, H, R, T) normalisers and row maxima -> (B, H, T, d).
+
+    Rounds are rescaled to a common maximum and normalised together (softmax over the union).
     A query with no key in any round gets its own value."""
-    top = lse.amax(dim=2, keepdim=True).detach()
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    w = torch.exp(lse - top)  # (B, H, R, T)
-    total = w.sum(dim=2)
-    alone = total == 0
-    y = (w[..., None] * out).sum(dim=2) / torch.where(alone, torch.ones_like(total), total)[
-        ..., None
-    ]
+    best = top.amax(dim=2, keepdim=True)
+    scale = torch.exp(top - torch.where(torch.isfinite(best), best, torch.zeros_like(best)))
+    norm = (scale * total).sum(dim=2)  # (B, H, T)
+    alone = norm == 0
+    y = (scale[..., None] * out).sum(dim=2) / torch.where(alone, 1.0, norm)[..., None]
     return torch.where(alone[..., None], v, y)
 
 
@@ -164,15 +229,16 @@ def lsh_attention(
     valid = F.pad(valid.to(torch.bool), (0, Tp - T))
     perm, code = _sort_rounds(F.pad(buckets, (0, Tp - T)), valid)
     place = code % (2 * Tp)  # sorted place of each token (B, H, R, Tp)
-    qc, kc, vc = (_chunks(_gather_rounds(F.pad(x, (0, 0, 0, Tp - T)), perm), m) for x in (q, k, v))
-    kc, vc = _look_around(kc, not causal), _look_around(vc, not causal)  # (B, H, R, nc, w*m, d)
-    scores = (qc @ kc.transpose(-1, -2)) * scale  # (B, H, R, nc, m, w*m)
-    if buckets.size(2) > 1:  # a key held by several rounds counts once in the union
-        scores = scores - _round_counts(code, perm, m, not causal).to(scores.dtype).log()
-    out, lse = _chunk_softmax(scores, _allowed(code, perm, m, causal), vc, dropout_p)
-    out, lse = out.flatten(3, 4), lse.flatten(3, 4)  # sorted (B, H, R, Tp, d), (B, H, R, Tp)
-    out = out.gather(3, place[..., None].expand_as(out))[:, :, :, :T]  # back to token order
-    return _combine_rounds(out, lse.gather(3, place)[:, :, :, :T], v)
+    qc, kc, vc = (_sorted_chunks(F.pad(x, (0, 0, 0, Tp - T)), perm, m) for x in (q * scale, k, v))
+    bias = _round_bias(code, perm, m, causal, q.dtype).flatten(0, 3)  # (N, m, w*m)
+    out, total, top = _chunk_exp(
+        qc, _neighbours(kc, not causal), _neighbours(vc, not causal), bias, dropout_p
+    )
+    shape = place.shape  # (B, H, R, Tp): back to token order
+    out = out.view(-1, q.size(-1)).index_select(0, _row_index(place, 3, Tp))
+    out = out.view(*shape, -1)[:, :, :, :T]
+    total, top = (x.view(shape).gather(3, place)[:, :, :, :T] for x in (total, top))
+    return _combine_rounds(out, total, top, v)
 
 
 def lsh_attention_reference(
