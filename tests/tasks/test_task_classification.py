@@ -56,13 +56,6 @@ def toy(seed: int = 0, **fields: object) -> ToyTask:
     return ToyTask(ToyConfig.from_dict({**cfg, **fields}), seed=seed)
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "cache"
-    monkeypatch.setenv("FORMERLAB_CACHE", str(root))
-    return root
-
-
 def row_key(ids: torch.Tensor) -> bytes:
     return ids.numpy().astype(np.int64).tobytes()
 

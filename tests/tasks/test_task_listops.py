@@ -42,12 +42,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FORMERLAB_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def make(**fields: object) -> ListOpsTask:
     return TASK.build({**SMALL, **fields}, seed=0)
 

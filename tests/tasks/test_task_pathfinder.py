@@ -4,7 +4,6 @@ pixel-sequence layout, curve geometry and config errors."""
 from __future__ import annotations
 
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,12 +26,6 @@ SMALL = {
     "test_size": 40,
     "eval_batches": 2,
 }
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("FORMERLAB_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def make(**fields: object) -> PathfinderTask:
