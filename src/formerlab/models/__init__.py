@@ -22,7 +22,7 @@ def build_model(cfg: ModelConfig | dict[str, Any] | str) -> nn.Module:
         cfg = preset_dict(cfg)
     if not isinstance(cfg, ModelConfig):
         cfg = ModelConfig.from_dict(cfg, "model")
-    return MODEL.entry(cfg.kind).impl(cfg)
+    return MODEL.build(cfg)
 
 
 __all__ = [
