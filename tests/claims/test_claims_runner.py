@@ -234,7 +234,8 @@ def test_list_shows_last_status(register, tmp_path, monkeypatch):
     key = register("fail")
     other = register("pass")
     rows = {r["key"]: r for r in list_claims(tmp_path)}
-    assert rows[key] == {"key": key, "paper": "A test paper", "year": 2024, "status": "not run"}
+    expected = {"key": key, "paper": "A test paper", "year": 2024, "coverage": "full"}
+    assert rows[key] == {**expected, "status": "not run"}
     run_claim(key, out_dir=tmp_path)
     assert {r["key"]: r["status"] for r in list_claims(tmp_path)}[key] == "fail"
     monkeypatch.setattr(SampleMean, "criterion", "|mean| < 0.5")
@@ -242,6 +243,19 @@ def test_list_shows_last_status(register, tmp_path, monkeypatch):
     run_claim(key, out_dir=tmp_path)
     statuses = {r["key"]: r["status"] for r in list_claims(tmp_path)}
     assert statuses[key] == "pass" and statuses[other] == "not run"
+
+
+def test_list_marks_partial_coverage(register, tmp_path, monkeypatch):
+    key = register("pass")
+    monkeypatch.setattr(CHECKS["pass"][1], "missing", "the scale-out half")
+    rows = {r["key"]: r for r in list_claims(tmp_path)}
+    assert rows[key]["coverage"] == "partial: the scale-out half"
+    from formerlab.claims.coverage import PARTIAL
+
+    for paper in ("greenformers", "axformer", "budget_longformer"):
+        if paper in PARTIAL:
+            assert rows[paper]["coverage"].startswith("partial: ")
+            assert rows[paper]["status"] == "no check yet"
 
 
 def test_list_marks_unreadable_result(register, tmp_path):

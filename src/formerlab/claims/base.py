@@ -83,6 +83,9 @@ class ClaimCheck:
     criterion: ClassVar[str] = ""
     #: seeds run per budget: "quick" must fit in 3 minutes on 2 cores, "full" in 15 minutes
     seeds: ClassVar[dict[str, tuple[int, ...]]] = {}
+    #: "" when the check covers the paper's claim; otherwise what is still missing (shown as
+    #: ``partial`` in ``formerlab claims list``)
+    missing: ClassVar[str] = ""
 
     def __init__(self, cfg: ClaimConfig) -> None:
         self.config = cfg

@@ -113,12 +113,28 @@ def run_claims(
 
 
 def list_claims(results_dir: str | Path = DEFAULT_RESULTS_DIR) -> list[dict[str, Any]]:
-    """One row per registered check: key, paper, year, and the status of its last run."""
+    """One row per paper: registered checks (key, paper, year, coverage, status of the last run)
+    and the papers whose techniques exist without a check yet (:data:`.coverage.PARTIAL`)."""
+    from .coverage import PARTIAL
+
     rows = []
     for key in CLAIM.names():
         check = get_check(key)
         status = _last_status(Path(results_dir) / f"{key}.json")
-        rows.append({"key": key, "paper": check.paper, "year": check.year, "status": status})
+        coverage = f"partial: {check.missing}" if check.missing else "full"
+        rows.append(
+            {
+                "key": key,
+                "paper": check.paper,
+                "year": check.year,
+                "coverage": coverage,
+                "status": status,
+            }
+        )
+    for key, (paper, year, note) in sorted(PARTIAL.items()):
+        if key not in CLAIM.names():
+            row = {"key": key, "paper": paper, "year": year, "coverage": f"partial: {note}"}
+            rows.append({**row, "status": "no check yet"})
     return rows
 
 
