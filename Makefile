@@ -5,9 +5,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
 TORCH  := torch==2.13.0
 
-.PHONY: setup demo test test-all bench lint format clean
+.PHONY: setup data demo test test-all bench lint format clean
 
-setup: $(STAMP)
+setup: $(STAMP) data
+
+# Debian data packages (Fashion-MNIST, fortunes): installed when we are root or have sudo; otherwise a
+# note, and the tests that need them skip with the reason.
+data:
+	@bash scripts/install-debian-data.sh
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (formerlab needs Python >= 3.11; set PYTHON=...)"; exit 1; }
