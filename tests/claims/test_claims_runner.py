@@ -167,6 +167,24 @@ def test_pass_gates_on_mean_over_seeds(register, tmp_path):
     assert all(row["control"] > 1.0 for row in result["seeds"])  # exp(x) rows do not sum to one
 
 
+def test_details_noted_per_variant_and_reset(register, tmp_path, monkeypatch):
+    key = register("fail")
+    cls = CHECKS["fail"][1]
+    original = cls.compute
+
+    def compute(self, variant, seed):
+        if variant == "claim":
+            self.note(curve=[seed, seed + 1])
+        return original(self, variant, seed)
+
+    monkeypatch.setattr(cls, "compute", compute)
+    result = run_claim(key, "quick", out_dir=tmp_path)
+    for row in result["seeds"]:
+        # the control noted nothing: the claim's details must not leak into it
+        assert row["details"] == {"claim": {"curve": [row["seed"], row["seed"] + 1]}}
+    assert _read(tmp_path, key)["seeds"][1]["details"]["claim"]["curve"] == [1, 2]
+
+
 def test_fail_keeps_numbers(register, tmp_path):
     result = run_claim(register("fail"), out_dir=tmp_path)
     assert result["passed"] is False and result["control_passed"] is False

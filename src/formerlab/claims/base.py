@@ -89,6 +89,12 @@ class ClaimCheck:
 
     def __init__(self, cfg: ClaimConfig) -> None:
         self.config = cfg
+        self.details: dict[str, Any] = {}
+
+    def note(self, **values: Any) -> None:
+        """Record supporting numbers of the current measurement (curves, per-arm losses, ...): the
+        runner stores them beside the metric in the result file (``seeds[i]["details"][variant]``)."""
+        self.details.update(values)
 
     @property
     def key(self) -> str:

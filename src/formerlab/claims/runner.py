@@ -177,15 +177,21 @@ def _prepare_out_dir(out_dir: str | Path) -> Path:
 
 def _measure_seed(check: ClaimCheck, budget: str, seed: int, log: Log | None) -> dict[str, Any]:
     row: dict[str, Any] = {"seed": seed, "claim": None, "control": None, "inconclusive": None}
+    details: dict[str, Any] = {}
     for variant in ("claim", "control"):
         if log is not None:
             log(f"{check.key}: {variant}, seed {seed} ({budget})")
+        check.details = {}
         try:
             row[variant] = _measure(check, variant, budget, seed)
         except Inconclusive as exc:
             row[variant] = None if exc.value is None else _as_float(check, exc.value, variant)
             note = f"{variant}: {exc.reason}"
             row["inconclusive"] = f"{row['inconclusive']}; {note}" if row["inconclusive"] else note
+        if check.details:
+            details[variant] = check.details
+    if details:
+        row["details"] = details
     return row
 
 
