@@ -57,6 +57,7 @@ def test_registered_with_complete_declaration():
     check.check_declaration()
     assert check.arxiv == "2011.04006" and check.year == 2021
     assert len(check.seeds_for("full")) == 3
+    assert "local" in check.criterion and "local" in check.metric
     assert set(check.seeds_for("quick")) <= set(check.seeds_for("full"))
     assert "36.37" in check.paper_value and "15.82" in check.paper_value
     assert "15" in check.criterion and "shuffled" in check.criterion
@@ -134,7 +135,8 @@ def test_train_model_updates_parameters(monkeypatch, tiny_task):
 
 
 def _scripted(monkeypatch, gaps):
-    """Tiny data, 4 steps, and accuracy_gap returning ``gaps`` in order (late, final)."""
+    """Tiny data, 4 steps, and accuracy_gap returning ``gaps`` in order: the full model's (late,
+    final), then the local model's (late, final) when it is trained."""
     monkeypatch.setitem(lra.LISTOPS_TINY, "task", TINY_TASK)
     monkeypatch.setitem(lra.LISTOPS_TINY, "train", TINY_TRAIN)
     monkeypatch.setattr(lra, "STEPS", {"quick": 4, "full": 4})
@@ -142,20 +144,45 @@ def _scripted(monkeypatch, gaps):
     monkeypatch.setattr(lra, "accuracy_gap", lambda *args: next(values))
 
 
+def test_local_run_changes_only_the_attention():
+    run = lra.listops_run(150, 1)
+    local = lra.local_run(run)
+    assert local.model.attention.kind == "local"
+    assert local.model.attention.window == lra.LOCAL_WINDOW == 4
+    assert local.model.replace(attention=run.model.attention) == run.model
+    assert local.task == run.task and local.train == run.train
+
+
 def test_claim_below_criterion_and_still_rising_is_inconclusive(monkeypatch):
-    _scripted(monkeypatch, [2.0, 10.0])
+    _scripted(monkeypatch, [2.0, 10.0, 0.0, 1.0])
     with pytest.raises(Inconclusive) as info:
         get_check("lra").measure("claim", "quick", 0)
-    assert info.value.value == 10.0
+    assert info.value.value == 9.0
 
 
 @pytest.mark.parametrize(
     ("variant", "gaps", "expected"),
-    [("claim", [9.5, 10.0], 10.0), ("claim", [5.0, 20.0], 20.0), ("control", [2.0, 10.0], 10.0)],
+    [
+        ("claim", [9.5, 10.0, 0.0, 1.0], 9.0),  # local above the majority class: subtract it
+        ("claim", [5.0, 20.0, 0.0, -3.0], 20.0),  # local below the majority class: majority wins
+        ("claim", [25.0, 25.0, 5.0, 12.0], 13.0),  # beats majority by 25 but local by only 13
+        ("control", [2.0, 10.0, 1.0, 2.0], 8.0),
+    ],
 )
-def test_measure_returns_the_final_gap(monkeypatch, variant, gaps, expected):
+def test_measure_subtracts_the_better_of_majority_and_local(monkeypatch, variant, gaps, expected):
     _scripted(monkeypatch, gaps)
-    assert get_check("lra").measure(variant, "quick", 0) == expected
+    check = get_check("lra")
+    check.details = {}
+    assert check.measure(variant, "quick", 0) == expected
+    assert check.details["local_minus_majority"] == gaps[3]
+    assert check.details["full_minus_majority"] == gaps[1]
+
+
+def test_local_model_trained_once_per_budget_and_seed(monkeypatch):
+    _scripted(monkeypatch, [20.0, 20.0, 0.0, 1.0, 3.0, 4.0])  # claim + local, then control only
+    check = lra.LRAClaim(lra.LRAClaimConfig())
+    assert check.measure("claim", "quick", 0) == 19.0
+    assert check.measure("control", "quick", 0) == 3.0  # same local model: 4 - 1
 
 
 @pytest.mark.slow
