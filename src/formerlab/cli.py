@@ -1,4 +1,4 @@
-"""The ``formerlab`` command line: train, eval, generate, info, claims, bench, demo.
+"""The ``formerlab`` command line: train, eval, generate, convert, info, claims, bench, demo.
 
 Errors a user can cause print one line (``error: ...``) and exit with status 2; ``--debug`` shows
 the traceback instead.
@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand
 
 from .errors import FormerlabError
 
@@ -86,6 +87,7 @@ def train(
     summary = run_training(run, out, resume=resume, progress=progress)
     rows = [{"metric": k, "value": v} for k, v in (summary.get("val") or {}).items()]
     rows += [{"metric": "final_step", "value": summary.get("final_step")}]
+    rows += [{"metric": k, "value": summary.get(k)} for k in ("params", "active_params")]
     console.print(_table(f"run {out}", rows))
 
 
@@ -156,6 +158,85 @@ def generate(
     print(loaded.tokenizer.decode(out))
 
 
+@app.command()
+def convert(
+    directory: Annotated[Path, typer.Argument(help="A run or save_pretrained directory.")],
+    out: Annotated[Path, typer.Argument(help="New model directory (must not exist yet).")],
+    kind: Annotated[
+        str | None, typer.Option(help="Transform kind, e.g. pre_ln_to_rmsnorm.")
+    ] = None,
+    spec: Annotated[
+        str | None,
+        typer.Option("--transform", help='Transform as JSON/YAML, e.g. \'{"kind": "..."}\'.'),
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Transform field, e.g. fraction=0.5.")
+    ] = None,
+) -> None:
+    """Apply a registered transform to a trained model and save the new model (config.yaml +
+    model.safetensors + tokenizer) in OUT, written to a temporary folder and renamed when complete.
+
+    Example: formerlab convert runs/tiny runs/tiny-rmsnorm --kind pre_ln_to_rmsnorm
+    """
+    from .models import save_pretrained
+    from .runs import load_trained
+    from .transforms import transform
+
+    cfg = _transform_spec(kind, spec, set_ or [])
+    if out.exists():
+        raise FormerlabError(
+            f"{out}: already exists; choose a new directory for the converted model"
+        )
+    loaded = load_trained(directory)
+    model = transform(loaded.model, cfg)
+    _publish_dir(out, lambda tmp: save_pretrained(model, tmp, loaded.tokenizer))
+    before, after = (sum(p.numel() for p in m.parameters()) for m in (loaded.model, model))
+    console.print(f"{directory} -> {out} ({cfg.kind}; parameters {before:,} -> {after:,})")
+
+
+def _transform_spec(kind: str | None, spec: str | None, overrides: list[str]) -> Any:
+    """The validated transform config from --kind or --transform, with --set fields applied."""
+    import yaml
+
+    from .config import apply_overrides
+    from .errors import ConfigError
+    from .transforms import TransformConfig
+
+    if (kind is None) == (spec is None):
+        raise ConfigError("convert: give exactly one of --kind KIND or --transform SPEC")
+    data: Any = {"kind": kind}
+    if spec is not None:
+        try:
+            data = yaml.safe_load(spec)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--transform: cannot parse {spec!r}: {exc}") from None
+        data = {"kind": data} if isinstance(data, str) else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"--transform: {spec!r}; allowed: a mapping with a 'kind'")
+    return TransformConfig.from_dict(apply_overrides(data, overrides), "transform")
+
+
+def _publish_dir(out: Path, write: Any) -> None:
+    """``write(tmp)`` fills a temporary folder beside ``out``, renamed to ``out`` when complete;
+    on any error it is removed, so ``out`` never exists half-written."""
+    import os
+    import shutil
+    import tempfile
+
+    from .fileio import chmod_default, fsync_dir
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        chmod_default(tmp)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(out.parent)
+
+
 # -- info ---------------------------------------------------------------------------------------
 
 
@@ -191,6 +272,8 @@ def info(
         caps = ", ".join(k for k, v in d["capabilities"].items() if v)
         if caps:
             console.print(f"capabilities: {caps}")
+        for key, value in d.get("extra", {}).items():
+            console.print(f"{key}: {value}", highlight=False)
         rows = d["fields"]
     if as_json:
         print(json.dumps(rows, default=str))
@@ -253,25 +336,58 @@ def claims_run(
 # -- bench --------------------------------------------------------------------------------------
 
 
-@bench_app.command("speed")
+class _KeepArgsCommand(TyperCommand):
+    """A command that keeps its raw arguments (``ctx.meta["raw_args"]``), so that the values of
+    two repeatable options can be put back in the order they were typed."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        ctx.meta["raw_args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+@bench_app.command("speed", cls=_KeepArgsCommand)
 def bench_speed(
-    preset: Annotated[str, typer.Option(help="Model preset to measure.")] = "gpt-small-cpu",
+    ctx: typer.Context,
+    preset: Annotated[
+        list[str] | None,
+        typer.Option("--preset", metavar="NAME", help="Model preset to measure (repeatable)."),
+    ] = None,
+    config: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help="Run file (its model: section) or bare model config to measure (repeatable).",
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", metavar="FIELD=VALUE", help="Protocol field, e.g. seq_len=128 (repeatable)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Training, forward and generation throughput of a preset (median of warm runs).
+    """Training, forward and generation throughput of one or more models, side by side in one
+    process: interleaved round-robin over the models, median of warm calls, ratios to the first
+    model (in command-line order; default: --preset gpt-small-cpu). Protocol fields for --set:
+    batch_size seq_len warmup train_repeats fwd_warmup fwd_repeats gen_warmup gen_repeats
+    prompt_len new_tokens lr seed.
 
-    Example: formerlab bench speed --preset gpt-small-cpu --json
+    Example: formerlab bench speed --preset gpt-small-cpu --config configs/examples/copy-tiny.yaml --json
     """
-    from .bench import speed_benchmark
+    from .bench.speed import display_rows, order_specs, protocol_from, speed_compare
 
-    figures = speed_benchmark(preset, threads=threads)
+    proto = protocol_from({"threads": threads}, settings or [])
+    raw = ctx.meta.get("raw_args", [])
+    specs = order_specs(raw, preset or [], config or []) or order_specs([], ["gpt-small-cpu"], [])
+    result = speed_compare(specs, **proto.to_dict())
     if as_json:
-        print(json.dumps(figures))
-    else:
-        console.print(
-            _table(f"speed: {preset}", [{"figure": k, "value": v} for k, v in figures.items()])
-        )
+        print(json.dumps(result))
+        return
+    title = f"speed ({result['threads']} threads; ratios to {result['reference']})"
+    console.print(_table(title, display_rows(result)))
 
 
 @bench_app.command("attention")
@@ -337,16 +453,26 @@ def compare(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per variant (0..N-1).")] = 3,
     steps: Annotated[
-        int | None, typer.Option(help="Training steps for every run (the budget).")
+        int | None, typer.Option(help="Training steps for every run (same as --budget N).")
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            metavar="N|Nsteps|Ns|Nmin",
+            help="Per run (variant x seed): optimizer steps (300, 300steps) or wall-clock "
+            "training time (90s, 2min; train.steps stays the cap and schedule horizon).",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output directory (default runs/compare/<config>).")
     ] = None,
 ) -> None:
-    """Train variants of one run under the same steps and seeds; print the table, write report.html.
+    """Train variants of one run under the same budget and seeds; print the table (with the steps
+    each reached), write report.html. A time budget is not bit-reproducible.
 
-    Example: formerlab compare configs/examples/copy-tiny.yaml --sweep model.norm.kind=layernorm,rmsnorm --seeds 2
+    Example: formerlab compare configs/examples/copy-tiny.yaml --sweep model.norm.kind=layernorm,rmsnorm --seeds 2 --budget 30s
     """
+    from .compare import choose_budget
     from .compare import compare as run_compare
 
     out = out or Path("runs") / "compare" / config.stem
@@ -357,11 +483,13 @@ def compare(
         sweep=sweep,
         seeds=seeds,
         steps=steps,
+        budget=budget,
         log=console.print,
     )
     from .report.compare import display_rows
 
-    console.print(_table(f"compare {config}", display_rows(rows)))
+    title = f"compare {config} ({choose_budget(steps, budget).describe()})"
+    console.print(_table(title, display_rows(rows)))
     console.print(f"report: {out / 'report.html'}")
 
 

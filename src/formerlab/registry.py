@@ -150,7 +150,8 @@ def list_registered(group: str) -> list[str]:
 
 
 def describe(group: str, name: str) -> dict[str, Any]:
-    """What ``name`` is: its paper, summary, config fields (type, default, doc) and capabilities."""
+    """What ``name`` is: its paper, summary, config fields (type, default, doc) and capabilities;
+    plus ``extra`` when the implementation defines ``describe_extra(cfg)`` (e.g. parameter counts)."""
     entry = get_registry(group).entry(name)
     impl, cfg_cls = entry.impl, entry.config_class
     hints = field_hints(cfg_cls)
@@ -174,7 +175,7 @@ def describe(group: str, name: str) -> dict[str, Any]:
         )
     doc = inspect.getdoc(impl) or inspect.getdoc(cfg_cls) or ""
     capabilities = {k: bool(getattr(impl, k)) for k in dir(impl) if k.startswith("supports_")}
-    return {
+    out = {
         "group": group,
         "kind": name,
         "paper": getattr(impl, "paper", "") or "",
@@ -182,3 +183,7 @@ def describe(group: str, name: str) -> dict[str, Any]:
         "fields": fields,
         "capabilities": capabilities,
     }
+    extra = getattr(impl, "describe_extra", None)  # optional: facts about the default config
+    if callable(extra):
+        out["extra"] = extra(cfg_cls())
+    return out

@@ -13,5 +13,6 @@ def test_declaration_complete(key):
     check = get_check(key)  # raises ClaimError naming a missing or mistyped attribute
     for budget in BUDGETS:
         assert check.seeds_for(budget), budget
-    assert set(check.seeds["quick"]) <= set(check.seeds["full"]), "quick seeds ⊆ full seeds"
+    # full may gate on seeds the quick budget (or a calibration) never saw, but not on fewer
+    assert len(check.seeds["full"]) >= len(check.seeds["quick"]), "full has >= quick seeds"
     assert check.describe()["title"] == check.paper

@@ -42,7 +42,7 @@ def test_info_lists_groups_kinds_fields_and_presets(capsys) -> None:
 def test_errors_are_one_line_with_exit_code_2(capsys) -> None:
     assert main(["info", "norm", "batchnorm"]) == 2
     err = capsys.readouterr().err
-    assert "unknown norm kind 'batchnorm'; registered: layernorm, rmsnorm" in err
+    assert "unknown norm kind 'batchnorm'; registered: crmsnorm, layernorm, none, rmsnorm" in err
     assert "Traceback" not in err
     with pytest.raises(Exception, match="batchnorm"):
         main(["--debug", "info", "norm", "batchnorm"])

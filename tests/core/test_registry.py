@@ -57,6 +57,7 @@ def test_unknown_group_and_name_are_config_errors() -> None:
     with pytest.raises(fl.ConfigError, match="unknown group 'nrom'; groups: attention"):
         fl.list_registered("nrom")
     with pytest.raises(
-        fl.ConfigError, match="unknown norm kind 'batchnorm'; registered: layernorm, rmsnorm"
+        fl.ConfigError,
+        match="unknown norm kind 'batchnorm'; registered: crmsnorm, layernorm, none, rmsnorm",
     ):
         fl.describe("norm", "batchnorm")

@@ -4,7 +4,16 @@ Each paper's check lives in its own module here (``claims/<key>.py``) and is imp
 registering happens on import. The framework is in :mod:`.base` (the contract) and :mod:`.runner`.
 """
 
-from . import lra  # noqa: F401  (registers the check)
+from . import (  # noqa: F401  (registers the checks)
+    crmsnorm,
+    faster_lighter,
+    lra,
+    matformer,
+    peri_ln,
+    primer,
+    quantizable,
+    zaya1,
+)
 from .base import BUDGETS, ClaimCheck, ClaimConfig, Inconclusive
 from .runner import DEFAULT_RESULTS_DIR, RESULT_KEYS, get_check, list_claims, run_claim, run_claims
 

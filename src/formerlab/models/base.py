@@ -1,4 +1,17 @@
-"""Shared model config fields and the embedding → blocks → final-norm stack every model uses."""
+"""Shared model config fields and the embedding → blocks → final-norm stack every model uses.
+
+Norm placement (``norm_placement``) is ``pre``, ``post`` or ``peri`` (see :mod:`formerlab.layers.block`);
+``final_norm`` says whether a norm follows the last block: ``auto`` (on for pre and peri, off for
+post), ``true``/``false``, or a norm config of its own (a converted Pre-RMSNorm model keeps LayerNorm's
+gain and bias in its final ``{kind: rmsnorm, bias: true}`` while its block norms have none).
+
+Compressed stream: with a norm kind that sets ``compressed_stream`` (``crmsnorm``) the residual stream
+holds ``dim - 1`` coordinates of a zero-mean vector. The token embedding stores ``dim - 1`` columns
+(its ``weight`` property gives the full zero-mean ``(V, dim)`` matrix that a tied head decodes with),
+additive position tables are stored compressed, the blocks shrink their stream ports, and the stack
+expands the stream back to ``dim`` at the end, so heads and ``encode`` see ordinary ``dim``-vectors: a
+compressed final norm (``crmsnorm``) normalises before the expansion, any other kind after it.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +31,7 @@ from ..layers.embedding import EmbeddingConfig, TokenEmbeddingConfig
 from ..layers.ffn import FFNConfig, MLPConfig
 from ..layers.linear import DenseConfig, LinearConfig
 from ..layers.norm import LayerNormConfig, NormConfig
+from ..layers.norm.crmsnorm import compress, expand
 from ..layers.position import LearnedPositionConfig, PositionConfig
 from ..ops.masks import positions_from_mask
 from ..registry import EMBEDDING, NORM, POSITION
@@ -47,8 +61,21 @@ class TransformerConfig(ModelConfig):
     num_heads: int = param(4, doc="attention heads")
     attention: AttentionConfig = param(factory=SoftmaxAttentionConfig, doc="attention kind")
     norm: NormConfig = param(factory=LayerNormConfig, doc="normalisation kind")
-    norm_placement: Literal["pre", "post"] = param("pre", doc="where each block normalises")
+    norm_placement: Literal["pre", "post", "peri"] = param(
+        "pre",
+        doc="where each block normalises: pre x+f(n(x)), post n(x+f(x)), peri x+n(f(n(x))) (Peri-LN)",
+    )
+    final_norm: Literal["auto"] | bool | NormConfig = param(
+        "auto",
+        doc="norm after the last block: auto (on for pre/peri, off for post), true, false, "
+        "or a norm config of its own",
+    )
     ffn: FFNConfig = param(factory=MLPConfig, doc="feed-forward kind")
+    layer_ffns: list[FFNConfig] | None = param(
+        None,
+        doc="one FFN config per block, block 0 first (e.g. Mix'n'Match widths); replaces ffn "
+        "in every block; null: every block uses ffn",
+    )
     position: PositionConfig = param(factory=LearnedPositionConfig, doc="position kind")
     linear: LinearConfig = param(factory=DenseConfig, doc="linear kind of every projection")
     embedding: EmbeddingConfig = param(factory=TokenEmbeddingConfig, doc="token embedding kind")
@@ -73,14 +100,87 @@ class TransformerConfig(ModelConfig):
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{join(path, 'dropout')}: {self.dropout}; allowed: 0 <= p < 1")
+        self._validate_norms(path)
+        if self.layer_ffns is not None and len(self.layer_ffns) != self.depth:
+            raise ConfigError(
+                f"{join(path, 'layer_ffns')}: {len(self.layer_ffns)} configs for depth={self.depth}; "
+                f"allowed: null or exactly {self.depth} (one per block)"
+            )
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
 
+    def _validate_norms(self, path: str) -> None:
+        if self.compressed_stream and self.dim < 2:
+            raise ConfigError(
+                f"{join(path, 'dim')}: {self.dim}; a compressed stream (norm kind "
+                f"{self.norm.kind!r}) needs dim >= 2"
+            )
+        final = self.final_norm
+        if isinstance(final, NormConfig) and final.compressed_stream and not self.compressed_stream:
+            raise ConfigError(
+                f"{join(path, 'final_norm.kind')}: {final.kind!r} reads a compressed stream but "
+                f"norm kind {self.norm.kind!r} keeps a full one; allowed: a norm kind without "
+                "compressed_stream, or a compressed norm kind for `norm` too"
+            )
+
+    @property
+    def compressed_stream(self) -> bool:
+        """True when the residual stream is stored in ``dim - 1`` coordinates (``crmsnorm``)."""
+        return bool(self.norm.compressed_stream)
+
+    def final_norm_config(self) -> NormConfig | None:
+        """The norm after the last block (``final_norm`` resolved), or None for no final norm."""
+        choice = self.final_norm
+        if choice == "auto":
+            choice = self.norm_placement != "post"
+        if choice is True:
+            return self.norm
+        return None if choice is False else choice
+
+
+class CompressedEmbedding(nn.Module):
+    """A token embedding for a compressed stream: ``forward`` gives ``dim - 1`` coordinates; ``weight``
+    is the full zero-mean ``(V, dim)`` matrix those rows stand for (what a tied head decodes with)."""
+
+    def __init__(self, embedding: nn.Module):
+        super().__init__()
+        if not isinstance(embedding, nn.Embedding):
+            raise ConfigError(
+                f"model.embedding.kind: {type(embedding).__name__} is not a lookup table; allowed "
+                "with a compressed stream (crmsnorm): an nn.Embedding-based kind such as 'token'"
+            )
+        with torch.no_grad():
+            embedding.weight = nn.Parameter(compress(embedding.weight))
+        embedding.embedding_dim -= 1
+        self.compressed = embedding
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return expand(self.compressed.weight)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.compressed(input_ids)
+
+
+def compress_tables(position: nn.Module, dim: int) -> None:
+    """Store an additive position kind's ``dim``-wide tables (parameters and buffers whose last
+    dimension is ``dim``) compressed: zero-mean, first ``dim - 1`` coordinates."""
+    with torch.no_grad():
+        for module in position.modules():
+            for name, p in list(module.named_parameters(recurse=False)):
+                if p.shape[-1] == dim:
+                    setattr(module, name, nn.Parameter(compress(p)))
+            for name, b in list(module.named_buffers(recurse=False)):
+                if b.shape[-1] == dim:
+                    setattr(module, name, compress(b))
+            if isinstance(module, nn.Embedding) and module.embedding_dim == dim:
+                module.embedding_dim -= 1
+
 
 class TransformerStack(nn.Module):
-    """Token embedding + positions → ``depth`` blocks → final norm (pre-norm models only)."""
+    """Token embedding + positions → ``depth`` blocks → final norm (``final_norm``)."""
 
     def __init__(
         self,
@@ -93,18 +193,25 @@ class TransformerStack(nn.Module):
     ):
         super().__init__()
         self.config, self.causal = cfg, causal
-        self.embed = embedding or EMBEDDING.build(
-            cfg.embedding, vocab_size=cfg.vocab_size, dim=cfg.dim
-        )
+        self.compressed = cfg.compressed_stream
+        if embedding is None:
+            embedding = EMBEDDING.build(cfg.embedding, vocab_size=cfg.vocab_size, dim=cfg.dim)
+            embedding = CompressedEmbedding(embedding) if self.compressed else embedding
+        self.embed = embedding
         self.position = POSITION.build(
             cfg.position, dim=cfg.dim, head_dim=cfg.head_dim, max_seq_len=cfg.max_seq_len
         )
+        if self.compressed:
+            compress_tables(self.position, cfg.dim)
         self.dropout = cfg.dropout
+        ffns = cfg.layer_ffns or [cfg.ffn] * depth
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg, causal=causal, cross=cross) for _ in range(depth)
+            TransformerBlock(cfg, causal=causal, cross=cross, ffn=ffns[i]) for i in range(depth)
         )
-        pre = cfg.norm_placement == "pre"
-        self.final_norm = NORM.build(cfg.norm, dim=cfg.dim) if pre else nn.Identity()
+        final = cfg.final_norm_config()
+        self.final_norm = nn.Identity() if final is None else NORM.build(final, dim=cfg.dim)
+        #: the final norm reads the compressed stream (else it reads the expanded one)
+        self.final_compressed = final is not None and final.compressed_stream
 
     def check_input(self, input_ids: torch.Tensor, offset: int = 0) -> None:
         """Raise InputError before any compute for bad ids or too-long sequences."""
@@ -158,7 +265,11 @@ class TransformerStack(nn.Module):
             )
         if cache is not None:
             cache.length = offset + T
-        return self.final_norm(x)
+        if not self.compressed:
+            return self.final_norm(x)
+        if self.final_compressed:
+            return expand(self.final_norm(x))
+        return self.final_norm(expand(x))
 
     @property
     def supports_kv_cache(self) -> bool:

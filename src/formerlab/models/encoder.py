@@ -1,14 +1,19 @@
-"""Bidirectional encoder (BERT-style) with a configurable head."""
+"""Bidirectional encoder (BERT-style) with a configurable head.
+
+With a pair head (``head.pair_input``, e.g. ``pair_classifier``) the encoder is a two-tower model:
+``input_ids`` (B, 2, T) holds two documents per example; both go through the same weights as one
+(2B, T) batch and the head returns (B, ...)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import param
-from ..errors import InputError
+from ..config import join, param
+from ..errors import ConfigError, InputError
 from ..layers.attention.base import capability
 from ..registry import HEAD, MODEL
 from .base import TransformerConfig, TransformerStack, init_weights
@@ -20,6 +25,17 @@ class EncoderConfig(TransformerConfig):
     kind = "encoder"
     head: HeadConfig = param(factory=ClassifierHeadConfig, doc="output head")
 
+    def check_task(self, task: Any, path: str = "model") -> None:
+        """The base checks, and a pair head exactly when the task feeds document pairs."""
+        super().check_task(task, path)
+        pair_task = bool(getattr(task, "pair_input", False))
+        if bool(getattr(self.head, "pair_input", False)) != pair_task:
+            needs = "a pair head (pair_classifier)" if pair_task else "a single-sequence head"
+            raise ConfigError(
+                f"{join(path, 'head.kind')}: {self.head.kind!r} cannot train task "
+                f"{getattr(task, 'kind', '?')!r}; allowed: {needs}"
+            )
+
 
 @MODEL.register(EncoderConfig)
 class Encoder(nn.Module):
@@ -30,6 +46,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.config = cfg
+        self.pair_input = bool(getattr(cfg.head, "pair_input", False))
         self.transformer = TransformerStack(cfg, depth=cfg.depth, causal=False)
         self.head = HEAD.build(
             cfg.head,
@@ -55,4 +72,24 @@ class Encoder(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if self.pair_input:
+            input_ids, attention_mask = flatten_pairs(input_ids, attention_mask)
         return self.head(self.encode(input_ids, attention_mask), attention_mask)
+
+
+def flatten_pairs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, 2, T) pairs -> (2B, T) documents (rows 2i, 2i+1 = pair i); InputError on other shapes."""
+    if input_ids.dim() != 3 or input_ids.size(1) != 2:
+        raise InputError(
+            f"input_ids: shape {tuple(input_ids.shape)}; a pair head needs (batch, 2, seq)"
+        )
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise InputError(
+            f"attention_mask: shape {tuple(attention_mask.shape)}; expected the shape of "
+            f"input_ids {tuple(input_ids.shape)}"
+        )
+    T = input_ids.size(-1)
+    mask = attention_mask.reshape(-1, T) if attention_mask is not None else None
+    return input_ids.reshape(-1, T), mask

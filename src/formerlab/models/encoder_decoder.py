@@ -39,6 +39,11 @@ class EncoderDecoderConfig(TransformerConfig):
         )
         if self.decoder_depth is not None and self.decoder_depth < 1:
             raise ConfigError(f"{join(path, 'decoder_depth')}: {self.decoder_depth} must be >= 1")
+        if self.layer_ffns is not None:
+            raise ConfigError(
+                f"{join(path, 'layer_ffns')}: per-block FFN configs are not supported by "
+                "encoder_decoder yet; allowed: null"
+            )
         if not 0 <= self.bos_token_id < self.vocab_size:
             raise ConfigError(
                 f"{join(path, 'bos_token_id')}: {self.bos_token_id}; allowed: 0..{self.vocab_size - 1}"

@@ -25,9 +25,14 @@ def curves_png(rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> str
     fig = new_figure()
     ax = fig.add_subplot()
     for row in rows:
-        dirs = [r["run_dir"] for r in results if r["variant"] == row["variant"]]
-        steps, values = mean_curve(dirs, row["metric"])
-        ax.plot(steps, values, marker="o", markersize=3, label=row["variant"])
+        runs = [r for r in results if r["variant"] == row["variant"]]
+        steps, values = mean_curve([r["run_dir"] for r in runs], row["metric"])
+        (line,) = ax.plot(steps, values, marker="o", markersize=3, label=row["variant"])
+        ends = [
+            (r["final_step"], r["val"][row["metric"]]) for r in runs if row["metric"] in r["val"]
+        ]
+        if ends:  # each seed's final evaluation: where it stopped (differs under a time budget)
+            ax.scatter(*zip(*ends, strict=True), marker="x", color=line.get_color())
     ax.set_xlabel("step")
     ax.set_ylabel(f"{rows[0]['metric']} (mean over seeds)")
     ax.grid(True, alpha=0.3)
@@ -59,6 +64,7 @@ def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "variant": r["variant"],
             r["metric"]: f"{r['mean']:.4g} ± {r['std']:.2g}",
             "seeds": r["seeds"],
+            "steps": steps_reached(r["steps"]),
             "params": r["params"],
             "train tokens/s": round(r["train_tokens_per_s"]),
             "peak RSS (MB)": round(r["peak_rss_mb"]),
@@ -67,14 +73,34 @@ def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def steps_reached(span: list[int]) -> str:
+    """``[min, max]`` steps over seeds as ``"400"`` or ``"398-420"``."""
+    low, high = span
+    return str(low) if low == high else f"{low}-{high}"
+
+
 def write_compare_report(
-    path: str | Path, rows: list[dict[str, Any]], results: list[dict[str, Any]], *, title: str
+    path: str | Path,
+    rows: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    *,
+    title: str,
+    budget: str = "the run's train.steps",
+    time_budget: bool = False,
 ) -> Path:
     figures = [
         ("Learning curves", curves_png(rows, results)),
         (f"{rows[0]['metric']} against training speed", scatter_png(rows)),
     ]
-    notes = "Each variant trained with the same steps and seeds, one process per run."
+    notes = (
+        f"Each variant trained with the same budget ({budget}) and seeds, one process per run; "
+        "x marks each seed's final evaluation."
+    )
+    if time_budget:
+        notes += (
+            " Under a time budget the steps reached differ (column steps) and the runs are not "
+            "bit-reproducible."
+        )
     return write_report(
         path,
         title=title,

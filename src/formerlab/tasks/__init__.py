@@ -4,6 +4,9 @@
 - ``text_lm``: your own files (glob patterns).
 - ``copy``: a synthetic copy task for fast tests.
 - ``listops``, ``pathfinder``: Long Range Arena-style sequence classification (generated, cached).
+- ``text_classification``, ``image_sequence``: real fortunes texts (by language or topic) and
+  real images (Fashion-MNIST, digits) as LRA Text / Image-style classification (cached).
+- ``retrieval``: LRA Retrieval-style document-pair matching on Python sources (two towers).
 """
 
 from __future__ import annotations
@@ -12,9 +15,12 @@ from .base import Task, TaskConfig, batch_generator
 from .classification import ClassificationTask, ClassificationTaskConfig
 from .code_lm import CodeLMConfig, CodeLMTask, stdlib_files
 from .copy import CopyTask, CopyTaskConfig
+from .image_sequence import ImageSequenceConfig, ImageSequenceTask
 from .listops import ListOpsConfig, ListOpsTask
 from .lm import LMTask, LMTaskConfig
 from .pathfinder import PathfinderConfig, PathfinderTask
+from .retrieval import RetrievalConfig, RetrievalTask
+from .text_classification import TextClassificationConfig, TextClassificationTask
 from .text_lm import TextLMConfig, TextLMTask
 
 __all__ = [
@@ -24,14 +30,20 @@ __all__ = [
     "CodeLMTask",
     "CopyTask",
     "CopyTaskConfig",
+    "ImageSequenceConfig",
+    "ImageSequenceTask",
     "LMTask",
     "LMTaskConfig",
     "ListOpsConfig",
     "ListOpsTask",
     "PathfinderConfig",
     "PathfinderTask",
+    "RetrievalConfig",
+    "RetrievalTask",
     "Task",
     "TaskConfig",
+    "TextClassificationConfig",
+    "TextClassificationTask",
     "TextLMConfig",
     "TextLMTask",
     "batch_generator",

@@ -50,6 +50,11 @@ class TrainConfig(BaseConfig):
     )
     seed: int = param(0, doc="seed for initialisation, dropout and data")
     threads: int | None = param(None, doc="torch CPU threads (null: torch's default)")
+    time_limit_s: float | None = param(
+        None,
+        doc="stop after the step during which this many seconds of wall-clock training passed "
+        "(then evaluate and checkpoint as at the end; not bit-reproducible); null: no limit",
+    )
 
     def validate(self, path: str = "") -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -58,6 +63,11 @@ class TrainConfig(BaseConfig):
         for name in ("eval_every", "checkpoint_every", "max_consecutive_skips"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{join(path, name)}: {getattr(self, name)} must be >= 0")
+        if self.time_limit_s is not None and not self.time_limit_s > 0:
+            raise ConfigError(
+                f"{join(path, 'time_limit_s')}: invalid value {self.time_limit_s!r}; "
+                "allowed: > 0 or null"
+            )
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"{join(path, 'grad_clip')}: {self.grad_clip} must be > 0 or null")
         if self.schedule.warmup_steps > self.steps:

@@ -10,6 +10,11 @@ other piece of state (weights, optimizer, global RNG streams, counters, the part
 in the checkpoint. Evaluation runs with the RNG streams saved and restored, so it never shifts the
 dropout masks of training. Records are written before the checkpoint of the same step, so resuming
 from ``step_N`` keeps exactly the records with ``step <= N``.
+
+``train.time_limit_s`` stops a run after the step during which that much wall-clock time of its loop
+(evaluations and checkpoints included, summed over resumed sessions) has passed; the run then logs,
+evaluates and checkpoints as at ``train.steps``. Where it stops depends on the machine's speed, so a
+time-limited run is not bit-reproducible (each step it does take still is).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import math
 import random
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +35,7 @@ import yaml
 
 from ..errors import ConfigError, TrainingError
 from ..fileio import atomic_write_text
+from ..layers.aux import clear_aux, collect_aux, parameter_counts
 from ..registry import TASK
 from .checkpoint import (
     fault_from_env,
@@ -50,7 +56,7 @@ CHECKPOINT_DIR = "checkpoints"
 #: record fields that depend on wall-clock time (everything else is reproducible bit for bit)
 TIMING_FIELDS = ("tokens_per_s", "elapsed_s")
 #: config fields that may change between a run and its ``--resume``
-RESUMABLE_CHANGES = ("train.steps", "train.threads")
+RESUMABLE_CHANGES = ("train.steps", "train.threads", "train.time_limit_s")
 STATE_FORMAT = 1
 
 
@@ -212,6 +218,42 @@ class LoopState:
         self.window = {"loss_sum": 0.0, "grad_norm_sum": 0.0, "finite_steps": 0}
 
 
+# -- auxiliary losses and layer metrics (layers/aux.py) in the log window ----------------------
+
+AUX_PREFIX = "aux:"
+
+
+def add_aux_metrics(total: dict[str, Any], metrics: dict[str, Any], scale: float) -> None:
+    """``total[k] += scale * metrics[k]`` for floats and, element by element, lists of floats."""
+    for name, value in metrics.items():
+        if isinstance(value, list):
+            old = total.get(name) or [0.0] * len(value)
+            total[name] = [a + scale * b for a, b in zip(old, value, strict=True)]
+        else:
+            total[name] = total.get(name, 0.0) + scale * value
+
+
+def window_aux_means(window: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The window's aux metrics (sums over its finite steps) as means per step."""
+    out = {}
+    for key, value in window.items():
+        if key.startswith(AUX_PREFIX) and steps:
+            name = key.removeprefix(AUX_PREFIX)
+            out[name] = [v / steps for v in value] if isinstance(value, list) else value / steps
+    return out
+
+
+def training_passes(model: torch.nn.Module, step: int, seed: int) -> list[tuple[float, Any]]:
+    """(loss weight, context manager) for each forward/backward of one micro-batch. One plain pass,
+    unless a part's class defines ``training_passes(model, step, seed)`` (a MatFormer FFN trains
+    several nested widths per step); the first such part decides for the whole model."""
+    for module in model.modules():
+        hook = getattr(type(module), "training_passes", None)
+        if hook is not None:
+            return hook(model, step, seed)
+    return [(1.0, nullcontext())]
+
+
 class Trainer:
     """One run's task, model, optimizer, schedule and counters, and what a step does with them."""
 
@@ -228,6 +270,8 @@ class Trainer:
         self.last_val: dict[str, Any] = {}
         self.last_loss: float | None = None
         self.checkpoint: Path | None = None
+        self.time_limited = False  # stopped by train.time_limit_s before train.steps
+        self.step_aux: dict[str, Any] = {}  # aux metrics of the last step, mean over micro-batches
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -264,13 +308,21 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def forward_backward(self, step0: int) -> float:
-        """Accumulate gradients over ``grad_accum`` micro-batches; the mean loss."""
+        """Accumulate gradients over ``grad_accum`` micro-batches; the mean task loss. Auxiliary
+        losses that layers record (:mod:`formerlab.layers.aux`) are added to the objective; their
+        metrics, averaged over the micro-batches, are left in ``step_aux``. A micro-batch runs
+        the weighted passes of :func:`training_passes` (its loss: their weighted sum)."""
         accum, total = self.cfg.grad_accum, 0.0
+        self.step_aux = {}
         for i in range(accum):
             batch = self.task.batch("train", step0 * accum + i, self.cfg.batch_size)
-            loss, _ = self.task.loss(self.model, batch)
-            (loss / accum).backward()
-            total += float(loss.detach()) / accum
+            for weight, context in training_passes(self.model, step0, self.cfg.seed):
+                with context:
+                    loss, _ = self.task.loss(self.model, batch)
+                aux, metrics = collect_aux(self.model)
+                (weight * (loss if aux is None else loss + aux) / accum).backward()
+                total += weight * float(loss.detach()) / accum
+                add_aux_metrics(self.step_aux, metrics, weight / accum)
             self.state.tokens += int(batch["input_ids"].numel())
         return total
 
@@ -291,6 +343,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         with isolated_rng():
             metrics = self.task.evaluate(self.model, self.cfg.batch_size)
+        clear_aux(self.model)
         self.model.train()
         self.last_val = {"step": self.state.step, **{k: float(v) for k, v in metrics.items()}}
         return self.last_val
@@ -309,6 +362,10 @@ class _Session:
 
     def elapsed(self) -> float:
         return self.base_elapsed + time.perf_counter() - self.t0
+
+    def out_of_time(self, elapsed: float | None = None) -> bool:
+        limit = self.t.cfg.time_limit_s
+        return limit is not None and (self.elapsed() if elapsed is None else elapsed) >= limit
 
     def eta(self) -> float | None:
         done = self.t.state.step - self.start_step
@@ -336,6 +393,7 @@ class _Session:
             "skipped_steps": st.skipped_steps,
             "tokens_per_s": self.window_tokens / max(now - self.window_t0, 1e-9),
             "elapsed_s": self.elapsed(),
+            **window_aux_means(st.window, n),
         }
         self.t.last_loss = loss
         self.emit(record, "train")
@@ -368,9 +426,17 @@ class _Session:
             st.window["loss_sum"] += loss
             st.window["grad_norm_sum"] += norm
             st.window["finite_steps"] += 1
+            aux = {AUX_PREFIX + k: v for k, v in self.t.step_aux.items()}
+            add_aux_metrics(st.window, aux, 1.0)
         else:
             self.skipped(loss, norm, lr)
-        last = st.step == cfg.steps
+        self.t.time_limited = st.step < cfg.steps and self.out_of_time()
+        if self.t.time_limited:
+            self.progress.message(
+                f"train.time_limit_s: {cfg.time_limit_s} s reached at step {st.step} of "
+                f"{cfg.steps}; stopping (final log, evaluation and checkpoint)"
+            )
+        last = st.step == cfg.steps or self.t.time_limited
         if st.step % cfg.log_every == 0 or last:
             self.log(lr)
         if (cfg.eval_every and st.step % cfg.eval_every == 0) or last:
@@ -382,7 +448,9 @@ class _Session:
     def run(self) -> None:
         t = self.t
         t.model.train()
-        while t.state.step < t.cfg.steps:
+        # a run resumed after its time was used up takes no step; a fresh one always takes one
+        t.time_limited = t.state.step < t.cfg.steps and self.out_of_time(self.base_elapsed)
+        while t.state.step < t.cfg.steps and not t.time_limited:
             step0 = t.state.step
             lr = t.set_lr(step0)
             tokens_before = t.state.tokens
@@ -432,6 +500,12 @@ def _resume(trainer: Trainer, progress: Any) -> Path | None:
     return ckpt
 
 
+def _inactive(model: torch.nn.Module) -> int:
+    """Parameters a token does not go through (e.g. the experts it is not routed to)."""
+    counts = parameter_counts(model)
+    return counts["total"] - counts["active"]
+
+
 def _summary(trainer: Trainer, start: int, resumed_from: Path | None) -> dict[str, Any]:
     st = trainer.state
     return {
@@ -445,7 +519,9 @@ def _summary(trainer: Trainer, start: int, resumed_from: Path | None) -> dict[st
         "tokens": st.tokens,
         "elapsed_s": st.elapsed_s,
         "checkpoint": str(trainer.checkpoint) if trainer.checkpoint else None,
+        "time_limited": trainer.time_limited,
         "params": sum(p.numel() for p in trainer.params),
+        "active_params": sum(p.numel() for p in trainer.params) - _inactive(trainer.model),
         "data": trainer.task.data_info(),
     }
 
@@ -485,7 +561,9 @@ def train(
 
     ``progress=None`` shows a bar on a terminal and plain lines elsewhere. Returns a summary:
     ``run_dir``, ``final_step``, ``start_step``, ``resumed_from``, ``last_loss``, ``val`` (the last
-    evaluation), ``skipped_steps``, ``tokens``, ``elapsed_s``, ``checkpoint``, ``params``.
+    evaluation), ``skipped_steps``, ``tokens``, ``elapsed_s``, ``checkpoint``, ``time_limited``
+    (stopped by ``train.time_limit_s`` before ``train.steps``), ``params``,
+    ``active_params`` (those one token goes through: fewer than ``params`` for mixture-of-experts).
     ``run`` may also be a run-file path or a plain dict (loaded with ``formerlab.load_config``).
     """
     if not hasattr(run, "train"):

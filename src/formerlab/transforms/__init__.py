@@ -11,6 +11,8 @@ from torch import nn
 from ..config import KindConfig
 from ..registry import TRANSFORM
 from .base import TransformConfig
+from .matformer_extract import MatFormerExtract, MatFormerExtractConfig
+from .norm_conversion import PreLNToCRMSNormConfig, PreLNToRMSNormConfig, convert_pre_ln
 from .untie import UntieEmbeddings, UntieEmbeddingsConfig
 
 
@@ -21,4 +23,14 @@ def transform(model: nn.Module, spec: TransformConfig | dict[str, Any] | str) ->
     return TRANSFORM.build(spec, model=model)
 
 
-__all__ = ["TransformConfig", "UntieEmbeddings", "UntieEmbeddingsConfig", "transform"]
+__all__ = [
+    "MatFormerExtract",
+    "MatFormerExtractConfig",
+    "PreLNToCRMSNormConfig",
+    "PreLNToRMSNormConfig",
+    "TransformConfig",
+    "UntieEmbeddings",
+    "UntieEmbeddingsConfig",
+    "convert_pre_ln",
+    "transform",
+]

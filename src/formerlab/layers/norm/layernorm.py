@@ -15,6 +15,7 @@ from .base import NormConfig
 @dataclass(kw_only=True)
 class LayerNormConfig(NormConfig):
     kind = "layernorm"
+    scale: bool = param(True, doc="learn a per-feature gain")
     bias: bool = param(True, doc="learn an additive bias beside the gain")
 
 
@@ -27,7 +28,7 @@ class LayerNorm(nn.Module):
     def __init__(self, cfg: LayerNormConfig, *, dim: int):
         super().__init__()
         self.config, self.eps, self.shape = cfg, cfg.eps, (dim,)
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if cfg.scale else None
         self.bias = nn.Parameter(torch.zeros(dim)) if cfg.bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
