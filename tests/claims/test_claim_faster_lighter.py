@@ -134,12 +134,22 @@ def test_claim_slopes_match_numpy_and_control_is_softmax(synthetic):
     assert value == pytest.approx(expected) and check.passes(value)
     kinds_measured = {c[0] for c in synthetic}
     assert kinds_measured == set(_KIND_OF)
-    assert {c[2] for c in synthetic} == {FL.REPEATS["quick"]}
+    assert {(c[2], c[3]) for c in synthetic} == {(FL.REPEATS["quick"], FL.THREADS)}
+    softmax = check.last["softmax"]
     synthetic.clear()
     control = check.measure("control", "quick", 0)
+    assert synthetic == []  # the claim run's softmax slopes are reused
+    assert check.last == {"softmax": softmax}
+    assert control == pytest.approx(numpy_slope("softmax", "time", lengths))
+    assert not check.passes(control)
+
+
+def test_control_alone_measures_softmax_only(synthetic):
+    check = get_check("faster_lighter")
+    control = check.measure("control", "quick", 1)
     assert {c[0] for c in synthetic} == {"SoftmaxAttention"}  # softmax in the efficient slot
     assert set(check.last) == {"softmax"}
-    assert control == pytest.approx(numpy_slope("softmax", "time", lengths))
+    assert control == pytest.approx(numpy_slope("softmax", "time", FL.LENGTHS["quick"]))
     assert not check.passes(control)
 
 
@@ -173,13 +183,11 @@ def test_real_benchmark_at_tiny_lengths(monkeypatch):
     monkeypatch.setattr(FL, "REPEATS", {"quick": 1, "full": 1})
     check = get_check("faster_lighter")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny calls: one thread avoids thread hand-off latency
     try:
         check.measure("claim", "quick", 0)
     except Inconclusive as exc:  # softmax is not quadratic at these lengths
         assert "lengths too short" in exc.reason
-    finally:
-        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # the benchmark restores the caller's threads
     assert set(check.last) == {"softmax", *FL.EFFICIENT}
     assert all(math.isfinite(s) for fits in check.last.values() for s in fits)
     assert all(mem == pytest.approx(1.0) for _, mem in check.last.values())

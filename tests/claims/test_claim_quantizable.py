@@ -49,7 +49,7 @@ def test_registered_with_complete_declaration():
     assert isinstance(check, Q.QuantizableClaim)
     assert check.arxiv == "2306.12929" and check.year == 2023
     assert set(check.seeds_for("quick")) <= set(check.seeds_for("full"))
-    assert "1735" not in check.paper_value and "3076" in check.paper_value
+    assert "3076" in check.paper_value and "1294" in check.paper_value
     assert "inconclusive" in check.criterion and "gamma=0" in check.criterion
 
 

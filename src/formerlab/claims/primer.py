@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 #: the criterion: baseline val loss minus Primer-EZ val loss, nats per byte, at least this
 MIN_GAIN = 0.02
 #: optimizer steps per training run of each budget (the same for every arm)
-STEPS = {"quick": 250, "full": 500}
+STEPS = {"quick": 250, "full": 400}
 #: the control's second baseline starts from init seed ``seed + CONTROL_SEED_OFFSET``
 CONTROL_SEED_OFFSET = 1000
 
