@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import formerlab as fl
+import formerlab.train.trainer as trainer_module
 from formerlab.claims import Inconclusive, get_check, run_claim
 from formerlab.claims import matformer as mc
 from formerlab.errors import ClaimError
@@ -90,7 +91,7 @@ def tiny(monkeypatch):
     monkeypatch.setitem(mc.SETUP, "train", train)
     monkeypatch.setattr(mc, "STEPS", {"quick": 2, "full": 2})
     trained, passes = [], []
-    real_train, real_passes = mc.train_model, mc.training_passes
+    real_train, real_passes = mc.train_model, trainer_module.training_passes
 
     def train(run, task):
         small = getattr(run.model.ffn, "mult", None) == 1
@@ -103,7 +104,7 @@ def tiny(monkeypatch):
         return out
 
     monkeypatch.setattr(mc, "train_model", train)
-    monkeypatch.setattr(mc, "training_passes", spy)
+    monkeypatch.setattr(trainer_module, "training_passes", spy)
     return trained, passes
 
 

@@ -113,8 +113,11 @@ def local_run(run: RunConfig) -> RunConfig:
 
 
 def train_model(run: RunConfig, task: Any, model: torch.nn.Module, on_step: Any = None) -> None:
-    """Train ``model`` on ``task`` for ``run.train.steps`` steps (AdamW, schedule, clipping);
-    ``on_step(step)`` is called after each optimizer step (1-based)."""
+    """Train ``model`` on ``task`` for ``run.train.steps`` steps as the trainer does (optimizer,
+    schedule, clipping, the layers' auxiliary losses, and the parts' ``training_passes``, e.g.
+    MatFormer's nested widths); ``on_step(step)`` is called after each optimizer step (1-based)."""
+    from ..train.trainer import training_passes
+
     cfg = run.train
     optimizer = build_optimizer(cfg.optimizer, model)
     schedule = build_schedule(cfg.schedule, cfg.steps)
@@ -123,9 +126,12 @@ def train_model(run: RunConfig, task: Any, model: torch.nn.Module, on_step: Any 
     for step in range(cfg.steps):
         for group, peak in zip(optimizer.param_groups, peaks, strict=True):
             group["lr"] = peak * schedule.factor(step)
-        loss, _ = task.loss(model, task.batch("train", step, cfg.batch_size))
-        aux, _ = collect_aux(model)  # auxiliary losses of layers (e.g. MoE load balancing)
-        (loss if aux is None else loss + aux).backward()
+        batch = task.batch("train", step, cfg.batch_size)
+        for weight, context in training_passes(model, step, cfg.seed):
+            with context:
+                loss, _ = task.loss(model, batch)
+            aux, _ = collect_aux(model)  # auxiliary losses of layers (e.g. MoE load balancing)
+            (weight * (loss if aux is None else loss + aux)).backward()
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()

@@ -39,8 +39,7 @@ from torch import nn
 from ..errors import ClaimError
 from ..registry import CLAIM, TASK
 from ..run_config import RunConfig, load_config
-from ..train import build_optimizer, build_schedule
-from ..train.trainer import training_passes
+from . import lra
 from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
 
 #: the criterion: worst excess validation loss over the same-size separately trained model, nats/byte
@@ -89,26 +88,10 @@ def train_model(run: RunConfig, task: Any) -> nn.Module:
     clipping, and the parts' :func:`~formerlab.train.trainer.training_passes`)."""
     import formerlab
 
-    cfg = run.train
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(run.train.seed)
     model = formerlab.build_model(run.model)
-    optimizer = build_optimizer(cfg.optimizer, model)
-    schedule = build_schedule(cfg.schedule, cfg.steps)
-    peaks = [group["lr"] for group in optimizer.param_groups]
-    model.train()
-    for step in range(cfg.steps):
-        for group, peak in zip(optimizer.param_groups, peaks, strict=True):
-            group["lr"] = peak * schedule.factor(step)
-        batch = task.batch("train", step, cfg.batch_size)
-        for weight, context in training_passes(model, step, cfg.seed):
-            with context:
-                loss, _ = task.loss(model, batch)
-            (weight * loss).backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return model.eval()
+    lra.train_model(run, task, model)
+    return model
 
 
 def val_loss(task: Any, model: nn.Module, batch_size: int) -> float:
