@@ -139,7 +139,9 @@ def generate(
     from .runs import load_trained
 
     loaded = load_trained(directory)
-    if not hasattr(loaded.model, "generate") or loaded.model.config.kind != "decoder_lm":
+    model_cfg = loaded.model.config
+    is_lm = "decoder_lm" in (model_cfg.kind, getattr(model_cfg, "interface", None))
+    if not hasattr(loaded.model, "generate") or not is_lm:
         raise FormerlabError(
             f"{directory}: generate needs a decoder_lm, got {loaded.model.config.kind}"
         )

@@ -96,6 +96,9 @@ def coerce(hint: Any, value: Any, path: str) -> Any:
             if type(None) in options:
                 return None
             raise _fail(path, value, _type_name(hint))
+        configs = [o for o in options if isinstance(o, type) and issubclass(o, BaseConfig)]
+        if isinstance(value, Mapping) and len(configs) == 1:
+            return configs[0].from_dict(value, path)  # its own error names the nested field
         for option in (o for o in options if o is not type(None)):
             try:
                 return coerce(option, value, path)

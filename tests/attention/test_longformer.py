@@ -215,7 +215,9 @@ def test_global_position_past_max_seq_len_is_a_config_error() -> None:
 def test_config_round_trip_and_description() -> None:
     d = {"kind": "longformer", "dropout": 0.0, "bias": True, "window": 3, "dilation": 2,
          "num_global": 1, "global_positions": [5, 9]}  # fmt: skip
-    assert AttentionConfig.from_dict(d).to_dict() == d
+    full = AttentionConfig.from_dict(d).to_dict()
+    assert {k: full[k] for k in d} == d  # the given fields survive; the rest take their defaults
+    assert AttentionConfig.from_dict(full).to_dict() == full
     info = fl.describe("attention", "longformer")
     assert "2004.05150" in info["paper"]
     assert {f["name"] for f in info["fields"]} >= {"window", "dilation", "global_positions"}

@@ -98,3 +98,23 @@ def test_train_refuses_bad_overrides_before_compute(text_run, tmp_path, capsys) 
 def test_eval_of_a_missing_run_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["eval", str(tmp_path)]) == 2
     assert "no config.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"kind": "looped_lm", "depth": 2, "loops": 2},
+        {"kind": "fit", "mode": "decoder_lm", "depth": 1, "group_size": 8},
+    ],
+)
+def test_other_causal_model_kinds_train_and_generate(text_run, tmp_path, capsys, model) -> None:
+    """Kinds with a decoder_lm interface train on LM tasks and generate through the CLI."""
+    out = tmp_path / "out"
+    sets = [f"model.{k}={v}" for k, v in model.items()]
+    args = ["train", str(text_run), "--out", str(out), "--set", "train.steps=2"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "the quick", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("the quick")

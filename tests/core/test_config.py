@@ -26,6 +26,8 @@ def test_run_config_round_trip_is_exact() -> None:
         "kind": "softmax",
         "dropout": 0.0,
         "bias": True,
+        "head_dim": None,
+        "linear": None,
         "num_kv_heads": None,
     }
     assert fl.load_config(d) == run

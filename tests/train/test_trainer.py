@@ -277,3 +277,22 @@ def test_invalid_fault_request_fails_before_training(tmp_path: Path, monkeypatch
 def test_accepts_a_plain_run_dict(tmp_path: Path) -> None:
     summary = tr.train(tiny_run(steps=2), tmp_path / "run", progress=False)
     assert summary["final_step"] == 2 and (tmp_path / "run" / "checkpoints" / "step_2").is_dir()
+
+
+def test_parts_reimpose_constraints_after_each_optimizer_step(tmp_path: Path, monkeypatch) -> None:
+    """A part's ``after_optimizer_step`` runs after the update, without autograd, once per step."""
+    from formerlab.layers.linear import DenseLinear
+
+    calls = []
+
+    def cap(self):
+        calls.append(torch.is_grad_enabled())
+        self.weight.clamp_(-1e-3, 1e-3)  # an in-place edit of a leaf: needs no_grad
+
+    monkeypatch.setattr(DenseLinear, "after_optimizer_step", cap, raising=False)
+    t = make_trainer(tmp_path)
+    denses = [m for m in t.model.modules() if isinstance(m, DenseLinear)]
+    t.set_lr(0)
+    _, _, taken = t.step(0)
+    assert taken and calls == [False] * len(denses)
+    assert all(float(m.weight.detach().abs().max()) <= 1.0001e-3 for m in denses)

@@ -5,13 +5,20 @@ registering happens on import. The framework is in :mod:`.base` (the contract) a
 """
 
 from . import (  # noqa: F401  (registers the checks)
+    algoformer,
     crmsnorm,
+    dsformer,
     faster_lighter,
+    fit,
+    greenformers,
+    lipschitz,
     lra,
     matformer,
     peri_ln,
     primer,
     quantizable,
+    tokenformer,
+    wide_attention,
     zaya1,
 )
 from .base import BUDGETS, ClaimCheck, ClaimConfig, Inconclusive

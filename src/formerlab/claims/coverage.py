@@ -9,12 +9,6 @@ from __future__ import annotations
 
 #: key -> (paper title, year, what exists and what is missing)
 PARTIAL: dict[str, tuple[str, int, str]] = {
-    "greenformers": (
-        "Greenformers: Improving Computation and Memory Efficiency in Transformer Models via "
-        "Low-Rank Approximation",
-        2021,
-        "linformer attention exists; the low-rank (LRT) linear kind and the check do not yet",
-    ),
     "axformer": (
         "AxFormer: Accuracy-driven Approximation of Transformers for Faster, Smaller and more "
         "Accurate NLP Models",

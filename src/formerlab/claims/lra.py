@@ -114,9 +114,10 @@ def local_run(run: RunConfig) -> RunConfig:
 
 def train_model(run: RunConfig, task: Any, model: torch.nn.Module, on_step: Any = None) -> None:
     """Train ``model`` on ``task`` for ``run.train.steps`` steps as the trainer does (optimizer,
-    schedule, clipping, the layers' auxiliary losses, and the parts' ``training_passes``, e.g.
-    MatFormer's nested widths); ``on_step(step)`` is called after each optimizer step (1-based)."""
-    from ..train.trainer import training_passes
+    schedule, clipping, the layers' auxiliary losses, the parts' ``training_passes``, e.g.
+    MatFormer's nested widths, and their ``after_optimizer_step`` constraints); ``on_step(step)``
+    is called after each optimizer step (1-based)."""
+    from ..train.trainer import after_optimizer_step, training_passes
 
     cfg = run.train
     optimizer = build_optimizer(cfg.optimizer, model)
@@ -135,6 +136,7 @@ def train_model(run: RunConfig, task: Any, model: torch.nn.Module, on_step: Any 
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
+        after_optimizer_step(model)
         optimizer.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step(step + 1)

@@ -96,31 +96,41 @@ def compress_ports(sublayer: nn.Module, path: str) -> None:
         _shrink(sublayer.get_submodule(name), "out", f"{path}.{name}")
 
 
+def part_linear(part: Any, model: Any) -> Any:
+    """The linear kind of a part's projections: its own ``linear`` override, else the model's."""
+    own = getattr(part, "linear", None)
+    return own if own is not None else model.linear
+
+
 class TransformerBlock(nn.Module):
     """Wires the configured attention, FFN and norms; knows nothing about any particular kind."""
 
     def __init__(self, cfg: Any, *, causal: bool, cross: bool = False, ffn: Any = None):
         """``ffn``: this block's FFN config (per-block ``layer_ffns``); None: ``cfg.ffn``."""
         super().__init__()
-        dims = dict(
-            dim=cfg.dim,
-            num_heads=cfg.num_heads,
-            max_seq_len=cfg.max_seq_len,
-            linear=cfg.linear,
-        )
+        dims = dict(dim=cfg.dim, num_heads=cfg.num_heads, max_seq_len=cfg.max_seq_len)
         self.placement = cfg.norm_placement
         self.attn_norm = self._norm(cfg)
-        self.attn = build_attention(cfg.attention, causal=causal, **dims)
+        self.attn = build_attention(
+            cfg.attention, causal=causal, linear=part_linear(cfg.attention, cfg), **dims
+        )
         self.attn_out_norm = self._out_norm(cfg)
         self.cross_norm = self._norm(cfg) if cross else None
         self.cross_attn = (
-            build_attention(cfg.cross_attention, causal=False, cross=True, **dims)
+            build_attention(
+                cfg.cross_attention,
+                causal=False,
+                cross=True,
+                linear=part_linear(cfg.cross_attention, cfg),
+                **dims,
+            )
             if cross
             else None
         )
         self.cross_out_norm = self._out_norm(cfg) if cross else None
         self.ffn_norm = self._norm(cfg)
-        self.ffn = FFN.build(ffn or cfg.ffn, dim=cfg.dim, linear=cfg.linear)
+        ffn = ffn or cfg.ffn
+        self.ffn = FFN.build(ffn, dim=cfg.dim, linear=part_linear(ffn, cfg))
         self.ffn_out_norm = self._out_norm(cfg)
         self.dropout = cfg.dropout  # functional, and skipped entirely when 0 (decode speed)
         if cfg.norm.compressed_stream:

@@ -12,6 +12,8 @@ from .base import ModelConfig, TransformerConfig
 from .decoder_lm import DecoderLM, DecoderLMConfig
 from .encoder import Encoder, EncoderConfig
 from .encoder_decoder import EncoderDecoder, EncoderDecoderConfig
+from .fit import FIT, FITConfig
+from .looped import LoopedConfig, LoopedEncoder, LoopedLM, LoopedLMConfig
 from .presets import list_presets, preset_dict
 from .pretrained import from_pretrained, save_pretrained
 
@@ -26,12 +28,18 @@ def build_model(cfg: ModelConfig | dict[str, Any] | str) -> nn.Module:
 
 
 __all__ = [
+    "FIT",
     "DecoderLM",
     "DecoderLMConfig",
     "Encoder",
     "EncoderConfig",
     "EncoderDecoder",
     "EncoderDecoderConfig",
+    "FITConfig",
+    "LoopedConfig",
+    "LoopedEncoder",
+    "LoopedLM",
+    "LoopedLMConfig",
     "ModelConfig",
     "TransformerConfig",
     "build_model",

@@ -87,10 +87,10 @@ class TransformerConfig(ModelConfig):
         for name in ("vocab_size", "dim", "depth", "num_heads", "max_seq_len"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{join(path, name)}: {getattr(self, name)} must be >= 1")
-        if self.dim % self.num_heads:
+        if self.attention.head_dim is None and self.dim % self.num_heads:
             raise ConfigError(
                 f"{join(path, 'dim')}: {self.dim} is not divisible by num_heads={self.num_heads}; "
-                f"allowed: a multiple of {self.num_heads}"
+                f"allowed: a multiple of {self.num_heads}, or set attention.head_dim"
             )
         kv = getattr(self.attention, "num_kv_heads", None)
         if kv is not None and self.num_heads % kv:
@@ -109,7 +109,8 @@ class TransformerConfig(ModelConfig):
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.num_heads
+        """Width of one attention head: ``attention.head_dim`` when set, else dim / num_heads."""
+        return self.attention.head_dim or self.dim // self.num_heads
 
     def _validate_norms(self, path: str) -> None:
         if self.compressed_stream and self.dim < 2:
@@ -284,10 +285,17 @@ def check_attention(cfg: TransformerConfig, path: str, *, causal: bool) -> None:
 
 def init_weights(model: nn.Module, std: float, depth: int) -> None:
     """Normal(0, std) for linear and embedding weights, zero biases; projections that write into the
-    residual stream (``residual_out``) get std / sqrt(2 * depth) (GPT-2's scaled initialisation)."""
+    residual stream (``residual_out``) get std / sqrt(2 * depth) (GPT-2's scaled initialisation).
+    A linear kind with ``init_normal_(std)`` initialises itself (its submodules are left alone)."""
+    skip: set[int] = set()
     for module in model.modules():
-        if isinstance(module, nn.Linear):
-            scale = 1 / math.sqrt(2 * depth) if getattr(module, "residual_out", False) else 1.0
+        if id(module) in skip:
+            continue
+        scale = 1 / math.sqrt(2 * depth) if getattr(module, "residual_out", False) else 1.0
+        if callable(getattr(module, "init_normal_", None)):
+            module.init_normal_(std * scale)
+            skip.update(id(m) for m in module.modules())
+        elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=std * scale)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

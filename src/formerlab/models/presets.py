@@ -23,6 +23,22 @@ _GPT_SMALL_CPU: dict[str, Any] = {
     "dropout": 0.0,
 }
 
+#: Wide vs deep at a fixed total of 16 heads of width 16 (Brown et al., 2022, "Wide Attention Is The
+#: Way Forward For Transformers?", arXiv:2210.00640): a byte-level text classifier (vocab 258 = bytes,
+#: PAD, CLS; 8 classes: fortunes languages) of width 64, mean pooling. Deep: 4 layers x 4 heads.
+_DEEP_4X4: dict[str, Any] = {
+    "kind": "encoder",
+    "vocab_size": 258,
+    "dim": 64,
+    "depth": 4,
+    "num_heads": 4,
+    "max_seq_len": 128,
+    "attention": {"kind": "softmax", "head_dim": 16},
+    "ffn": {"kind": "mlp", "mult": 4.0, "activation": "gelu"},
+    "position": {"kind": "learned"},
+    "head": {"kind": "classifier", "num_classes": 8, "pooling": "mean"},
+}
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "gpt-small-cpu": (
         "byte-level GPT-2-style LM sized for a laptop CPU (3.2M params)",
@@ -50,6 +66,14 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             "kind": "encoder",
             "head": {"kind": "classifier", "num_classes": 2, "pooling": "cls"},
         },
+    ),
+    "deep-4x4": (
+        "deep byte classifier: 4 layers x 4 heads of width 16 (16 heads in all), width 64",
+        _DEEP_4X4,
+    ),
+    "wide-1x16": (
+        "wide byte classifier: 1 layer x 16 heads of width 16 (attention 256 wide), width 64",
+        {**_DEEP_4X4, "depth": 1, "num_heads": 16},
     ),
     "t5-small-cpu": (
         "encoder-decoder (2+2 layers) with shared embeddings",

@@ -3,6 +3,7 @@
 - ``code_lm``: the Python standard library's sources (the default corpus, split by file).
 - ``text_lm``: your own files (glob patterns).
 - ``copy``: a synthetic copy task for fast tests.
+- ``far_match``: do two marked tokens in different groups match (FIT's long-range proxy).
 - ``listops``, ``pathfinder``: Long Range Arena-style sequence classification (generated, cached).
 - ``text_classification``, ``image_sequence``: real fortunes texts (by language or topic) and
   real images (Fashion-MNIST, digits) as LRA Text / Image-style classification (cached).
@@ -15,6 +16,7 @@ from .base import Task, TaskConfig, batch_generator
 from .classification import ClassificationTask, ClassificationTaskConfig
 from .code_lm import CodeLMConfig, CodeLMTask, stdlib_files
 from .copy import CopyTask, CopyTaskConfig
+from .far_match import FarMatchConfig, FarMatchTask
 from .image_sequence import ImageSequenceConfig, ImageSequenceTask
 from .listops import ListOpsConfig, ListOpsTask
 from .lm import LMTask, LMTaskConfig
@@ -30,6 +32,8 @@ __all__ = [
     "CodeLMTask",
     "CopyTask",
     "CopyTaskConfig",
+    "FarMatchConfig",
+    "FarMatchTask",
     "ImageSequenceConfig",
     "ImageSequenceTask",
     "LMTask",

@@ -58,7 +58,8 @@ class Task:
         from ..errors import ConfigError
 
         kind = getattr(model_cfg, "kind", None)
-        if kind not in self.model_kinds:
+        interface = getattr(model_cfg, "interface", None)  # e.g. looped: an encoder's interface
+        if kind not in self.model_kinds and interface not in self.model_kinds:
             raise ConfigError(
                 f"{path}.kind: {kind!r} cannot train task {self.config.kind!r}; "
                 f"allowed: {', '.join(self.model_kinds)}"

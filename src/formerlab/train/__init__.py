@@ -1,13 +1,14 @@
 """Training: optimizers, learning-rate schedules, crash-safe checkpoints and the training loop.
 
-Importing this package registers the built-in optimizers (``adamw``) and schedules (``constant``,
-``linear``, ``cosine``).
+Importing this package registers the built-in optimizers (``adamw``, ``muon``) and schedules
+(``constant``, ``linear``, ``cosine``).
 """
 
 from __future__ import annotations
 
 from .checkpoint import latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from .config import OptimizerConfig, ScheduleConfig, TrainConfig
+from .muon import MuonConfig
 from .optim import AdamWConfig, build_optimizer
 from .schedule import (
     ConstantScheduleConfig,
@@ -23,6 +24,7 @@ __all__ = [
     "ConstantScheduleConfig",
     "CosineScheduleConfig",
     "LinearScheduleConfig",
+    "MuonConfig",
     "OptimizerConfig",
     "ScheduleConfig",
     "TrainConfig",

@@ -254,6 +254,16 @@ def training_passes(model: torch.nn.Module, step: int, seed: int) -> list[tuple[
     return [(1.0, nullcontext())]
 
 
+def after_optimizer_step(model: torch.nn.Module) -> None:
+    """Let parts that constrain their weights re-impose the constraint after each optimizer step:
+    every module whose class defines ``after_optimizer_step(self)`` (e.g. a spectral-norm cap) is
+    called, in ``model.modules()`` order, under ``torch.no_grad()``."""
+    with torch.no_grad():
+        for module in model.modules():
+            if getattr(type(module), "after_optimizer_step", None) is not None:
+                module.after_optimizer_step()
+
+
 class Trainer:
     """One run's task, model, optimizer, schedule and counters, and what a step does with them."""
 
@@ -337,6 +347,7 @@ class Trainer:
             if self.cfg.grad_clip is not None:
                 torch.nn.utils.clip_grads_with_norm_(self.params, self.cfg.grad_clip, norm)
             self.optimizer.step()
+            after_optimizer_step(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         return loss, float(norm), finite
 

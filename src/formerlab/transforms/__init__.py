@@ -11,8 +11,15 @@ from torch import nn
 from ..config import KindConfig
 from ..registry import TRANSFORM
 from .base import TransformConfig
+from .factorize import (
+    FactorizeDenseSparse,
+    FactorizeDenseSparseConfig,
+    FactorizeLowRank,
+    FactorizeLowRankConfig,
+)
 from .matformer_extract import MatFormerExtract, MatFormerExtractConfig
 from .norm_conversion import PreLNToCRMSNormConfig, PreLNToRMSNormConfig, convert_pre_ln
+from .tokenformer_grow import TokenFormerGrow, TokenFormerGrowConfig
 from .untie import UntieEmbeddings, UntieEmbeddingsConfig
 
 
@@ -24,10 +31,16 @@ def transform(model: nn.Module, spec: TransformConfig | dict[str, Any] | str) ->
 
 
 __all__ = [
+    "FactorizeDenseSparse",
+    "FactorizeDenseSparseConfig",
+    "FactorizeLowRank",
+    "FactorizeLowRankConfig",
     "MatFormerExtract",
     "MatFormerExtractConfig",
     "PreLNToCRMSNormConfig",
     "PreLNToRMSNormConfig",
+    "TokenFormerGrow",
+    "TokenFormerGrowConfig",
     "TransformConfig",
     "UntieEmbeddings",
     "UntieEmbeddingsConfig",

@@ -16,6 +16,7 @@ from torch import nn
 from ...config import KindConfig, join, param
 from ...errors import ConfigError
 from ...registry import ATTENTION
+from ..linear import LinearConfig
 
 
 @dataclass(kw_only=True)
@@ -23,10 +24,22 @@ class AttentionConfig(KindConfig):
     group: ClassVar[str] = "attention"
     dropout: float = param(0.0, doc="dropout on the attention probabilities")
     bias: bool = param(True, doc="biases in the query/key/value/output projections")
+    head_dim: int | None = param(
+        None,
+        doc="width of each head; null: dim / num_heads. Set it to widen attention beyond the "
+        "model width (heads x head_dim != dim), e.g. one wide layer with many heads",
+    )
+    linear: LinearConfig | None = param(
+        None, doc="linear kind of this attention's projections; null: the model's `linear`"
+    )
 
     def validate(self, path: str = "") -> None:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{join(path, 'dropout')}: {self.dropout}; allowed: 0 <= p < 1")
+        if self.head_dim is not None and self.head_dim < 1:
+            raise ConfigError(
+                f"{join(path, 'head_dim')}: {self.head_dim}; allowed: null or an int >= 1"
+            )
 
 
 class Attention(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ...ops.rope import apply_rope
-from ..linear import LinearConfig, make_linear
+from ..linear import LinearConfig, make_fused_linear, make_linear
 from .base import Attention, AttentionConfig
 
 
@@ -32,13 +32,14 @@ class ProjectedAttention(Attention):
         self.max_seq_len = max_seq_len
         self.num_heads = num_heads
         self.num_kv_heads = getattr(cfg, "num_kv_heads", None) or num_heads
-        self.head_dim = dim // num_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or dim // num_heads
         q_out, kv_out = num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         if cross:
             self.q_proj = make_linear(linear, dim, q_out, bias=cfg.bias)
-            self.kv_proj = make_linear(linear, dim, 2 * kv_out, bias=cfg.bias)
+            self.kv_proj = make_fused_linear(linear, dim, [kv_out, kv_out], bias=cfg.bias)
         else:
-            self.qkv_proj = make_linear(linear, dim, q_out + 2 * kv_out, bias=cfg.bias)
+            outs = [q_out, kv_out, kv_out]
+            self.qkv_proj = make_fused_linear(linear, dim, outs, bias=cfg.bias)
         self.out_proj = make_linear(linear, q_out, dim, bias=cfg.bias)
         self.out_proj.residual_out = True
 

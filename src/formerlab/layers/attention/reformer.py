@@ -38,7 +38,7 @@ from ...config import join, param
 from ...errors import ConfigError, InputError
 from ...ops.lsh import lsh_attention, lsh_buckets
 from ...registry import ATTENTION
-from ..linear import make_linear
+from ..linear import make_fused_linear
 from .base import AttentionConfig
 from .projected import ProjectedAttention
 
@@ -87,7 +87,9 @@ class ReformerAttention(ProjectedAttention):
         if self.cross:
             raise ConfigError(f"kind: attention {cfg.kind!r} lacks supports_cross")
         width = self.num_heads * self.head_dim
-        self.qkv_proj = make_linear(dims["linear"], dims["dim"], 2 * width, bias=cfg.bias)  # q, v
+        self.qkv_proj = make_fused_linear(
+            dims["linear"], dims["dim"], [width, width], bias=cfg.bias
+        )  # q, v
         n_buckets = cfg.buckets_for(self.max_seq_len)
         rotations = torch.randn(cfg.n_hashes, self.head_dim, n_buckets // 2)
         self.register_buffer("rotations", rotations)  # (R, hd, n_buckets / 2), saved with the model
