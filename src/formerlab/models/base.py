@@ -29,7 +29,7 @@ from ..layers.attention.base import require
 from ..layers.block import TransformerBlock
 from ..layers.embedding import EmbeddingConfig, TokenEmbeddingConfig
 from ..layers.ffn import FFNConfig, MLPConfig
-from ..layers.linear import DenseConfig, LinearConfig
+from ..layers.linear import DenseConfig, LinearConfig, make_linear
 from ..layers.norm import LayerNormConfig, NormConfig
 from ..layers.norm.crmsnorm import compress, expand
 from ..layers.position import LearnedPositionConfig, PositionConfig
@@ -233,6 +233,26 @@ class TransformerStack(nn.Module):
                 f"input_ids: sequence length {end} exceeds max_seq_len={self.config.max_seq_len}"
             )
 
+    def embed_input(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        offset: int,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token embeddings plus positions (dropout in training), and the rotary tables; positions
+        count real tokens under ``attention_mask`` and start at ``offset`` (cached tokens)."""
+        T = input_ids.size(1)
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = positions_from_mask(attention_mask)[:, -T:]
+            else:
+                position_ids = torch.arange(offset, offset + T, device=input_ids.device)
+        x = self.position(self.embed(input_ids), position_ids)
+        if self.dropout:
+            x = nn.functional.dropout(x, self.dropout, self.training)
+        return x, self.position.rotary(position_ids, x.dtype)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -245,16 +265,8 @@ class TransformerStack(nn.Module):
     ) -> torch.Tensor:
         offset = cache.length if cache is not None else 0
         self.check_input(input_ids, offset)
+        x, rotary = self.embed_input(input_ids, attention_mask, position_ids, offset)
         T = input_ids.size(1)
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = positions_from_mask(attention_mask)[:, -T:]
-            else:
-                position_ids = torch.arange(offset, offset + T, device=input_ids.device)
-        x = self.position(self.embed(input_ids), position_ids)
-        if self.dropout:
-            x = nn.functional.dropout(x, self.dropout, self.training)
-        rotary = self.position.rotary(position_ids, x.dtype)
         for i, block in enumerate(self.blocks):
             x = block(
                 x,
@@ -275,6 +287,20 @@ class TransformerStack(nn.Module):
     @property
     def supports_kv_cache(self) -> bool:
         return all(getattr(b.attn, "supports_kv_cache", False) for b in self.blocks)
+
+
+def make_lm_head(cfg: TransformerConfig) -> nn.Module | None:
+    """The output projection dim -> vocab (``cfg.linear``), or None when it is tied to the embedding."""
+    if cfg.tie_embeddings:
+        return None
+    return make_linear(cfg.linear, cfg.dim, cfg.vocab_size, bias=False)
+
+
+def lm_logits(h: torch.Tensor, lm_head: nn.Module | None, embedding: nn.Module) -> torch.Tensor:
+    """Vocabulary logits of hidden states: the untied head, or the tied embedding matrix."""
+    if lm_head is None:
+        return nn.functional.linear(h, embedding.weight)
+    return lm_head(h)
 
 
 def check_attention(cfg: TransformerConfig, path: str, *, causal: bool) -> None:

@@ -9,9 +9,15 @@ import torch
 from torch import nn
 
 from ..layers.attention import DecodeCache
-from ..layers.linear import make_linear
 from ..registry import MODEL
-from .base import TransformerConfig, TransformerStack, check_attention, init_weights
+from .base import (
+    TransformerConfig,
+    TransformerStack,
+    check_attention,
+    init_weights,
+    lm_logits,
+    make_lm_head,
+)
 from .generation import generate
 
 
@@ -34,17 +40,11 @@ class DecoderLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.transformer = TransformerStack(cfg, depth=cfg.depth, causal=True)
-        self.lm_head = (
-            None
-            if cfg.tie_embeddings
-            else make_linear(cfg.linear, cfg.dim, cfg.vocab_size, bias=False)
-        )
+        self.lm_head = make_lm_head(cfg)
         init_weights(self, cfg.init_std, cfg.depth)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        if self.lm_head is None:
-            return nn.functional.linear(h, self.transformer.embed.weight)
-        return self.lm_head(h)
+        return lm_logits(h, self.lm_head, self.transformer.embed)
 
     def forward(
         self,

@@ -13,9 +13,15 @@ from ..config import join, param
 from ..errors import ConfigError, InputError
 from ..layers.attention import AttentionConfig, DecodeCache, SoftmaxAttentionConfig
 from ..layers.attention.base import require
-from ..layers.linear import make_linear
 from ..registry import MODEL
-from .base import TransformerConfig, TransformerStack, check_attention, init_weights
+from .base import (
+    TransformerConfig,
+    TransformerStack,
+    check_attention,
+    init_weights,
+    lm_logits,
+    make_lm_head,
+)
 from .generation import check_sampling, decode_loop, left_pad
 
 
@@ -67,11 +73,7 @@ class EncoderDecoder(nn.Module):
             cross=True,
             embedding=self.encoder.embed,
         )
-        self.lm_head = (
-            None
-            if cfg.tie_embeddings
-            else make_linear(cfg.linear, cfg.dim, cfg.vocab_size, bias=False)
-        )
+        self.lm_head = make_lm_head(cfg)
         init_weights(self, cfg.init_std, cfg.depth + (cfg.decoder_depth or cfg.depth))
 
     def encode(self, src_ids: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,9 +91,7 @@ class EncoderDecoder(nn.Module):
         h = self.decoder(
             tgt_ids, attention_mask=tgt_mask, cache=cache, context=memory, context_mask=src_mask
         )
-        if self.lm_head is None:
-            return nn.functional.linear(h, self.encoder.embed.weight)
-        return self.lm_head(h)
+        return lm_logits(h, self.lm_head, self.encoder.embed)
 
     def forward(
         self,

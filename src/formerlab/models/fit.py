@@ -50,10 +50,16 @@ from ..errors import ConfigError, InputError
 from ..layers.attention import AttentionConfig, SoftmaxAttentionConfig
 from ..layers.attention.base import build_attention, capability, require
 from ..layers.block import TransformerBlock, part_linear
-from ..layers.linear import make_linear
 from ..ops.masks import positions_from_mask
 from ..registry import HEAD, MODEL, NORM
-from .base import TransformerConfig, TransformerStack, check_attention, init_weights
+from .base import (
+    TransformerConfig,
+    TransformerStack,
+    check_attention,
+    init_weights,
+    lm_logits,
+    make_lm_head,
+)
 from .encoder import flatten_pairs
 from .generation import generate
 from .heads import ClassifierHeadConfig, HeadConfig
@@ -233,8 +239,8 @@ class FIT(nn.Module):
                 linear=cfg.linear,
                 embedding=self.transformer.embed,
             )
-        elif not cfg.tie_embeddings:
-            self.lm_head = make_linear(cfg.linear, D, cfg.vocab_size, bias=False)
+        else:
+            self.lm_head = make_lm_head(cfg)
         layers = cfg.depth * (cfg.local_layers + cfg.global_layers + 2 * latent)
         init_weights(self, cfg.init_std, layers)
         for p in (self.latents, self.start):
@@ -313,9 +319,7 @@ class FIT(nn.Module):
             )
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        if self.lm_head is None:
-            return nn.functional.linear(h, self.transformer.embed.weight)
-        return self.lm_head(h)
+        return lm_logits(h, self.lm_head, self.transformer.embed)
 
     def forward(
         self,

@@ -48,11 +48,14 @@ from ..config import join, param
 from ..errors import ConfigError, InputError
 from ..layers.attention import DecodeCache
 from ..layers.attention.base import capability
-from ..layers.linear import make_linear
 from ..layers.norm.crmsnorm import expand
-from ..ops.masks import positions_from_mask
 from ..registry import HEAD, MODEL
-from .base import TransformerStack, init_weights
+from .base import (
+    TransformerStack,
+    init_weights,
+    lm_logits,
+    make_lm_head,
+)
 from .decoder_lm import DecoderLMConfig
 from .encoder import EncoderConfig, flatten_pairs
 from .generation import generate
@@ -170,16 +173,7 @@ class LoopedStack(TransformerStack):
                 f"cache: {len(cache.layers)} entries for {len(plan)} block calls; make it with "
                 "model.new_cache() under the same loops and train/eval mode"
             )
-        T = input_ids.size(1)
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = positions_from_mask(attention_mask)[:, -T:]
-            else:
-                position_ids = torch.arange(offset, offset + T, device=input_ids.device)
-        x = self.position(self.embed(input_ids), position_ids)
-        if self.dropout:
-            x = nn.functional.dropout(x, self.dropout, self.training)
-        rotary = self.position.rotary(position_ids, x.dtype)
+        x, rotary = self.embed_input(input_ids, attention_mask, position_ids, offset)
         injected = None
         for call, (index, starts) in enumerate(plan):
             if starts and self.config.input_injection:
@@ -194,7 +188,7 @@ class LoopedStack(TransformerStack):
                 cache=cache[call] if cache is not None else None,
             )
         if cache is not None:
-            cache.length = offset + T
+            cache.length = offset + input_ids.size(1)
         return self._final(x)
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:
@@ -279,17 +273,11 @@ class LoopedLM(_LoopControl, nn.Module):
         super().__init__()
         self.config = cfg
         self.transformer = LoopedStack(cfg, causal=True)
-        self.lm_head = (
-            None
-            if cfg.tie_embeddings
-            else make_linear(cfg.linear, cfg.dim, cfg.vocab_size, bias=False)
-        )
+        self.lm_head = make_lm_head(cfg)
         init_weights(self, cfg.init_std, cfg.depth)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        if self.lm_head is None:
-            return nn.functional.linear(h, self.transformer.embed.weight)
-        return self.lm_head(h)
+        return lm_logits(h, self.lm_head, self.transformer.embed)
 
     def forward(
         self,
