@@ -11,6 +11,15 @@ os.environ.setdefault("CI", "true")  # plain log lines instead of progress bars 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny matrices: threads only add spin-waiting)."""
+    from formerlab.threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -4,20 +4,13 @@ the wiring, at tiny size (the claim itself is ``formerlab claims run lipschitz``
 from __future__ import annotations
 
 import pytest
-import torch
 
 from formerlab.claims import Inconclusive, get_check, lipschitz
 from formerlab.errors import ClaimError
 from formerlab.lipschitz_bound import lipschitz_bound
 from formerlab.registry import list_registered
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: 1 thread is fastest
 
 
 def _arm(accuracy: float, val: float | None = None, **over) -> dict:

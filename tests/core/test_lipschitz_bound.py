@@ -18,13 +18,7 @@ from formerlab.lipschitz_bound import (
     lipschitz_bound,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: 1 thread is fastest
 
 
 def _capped(inp: int, out: int, cap: float) -> LipschitzLinear:

@@ -10,14 +10,7 @@ import formerlab as fl
 from formerlab.layers.linear import ConcatLinear, LipschitzConfig, LipschitzLinear
 from formerlab.train.trainer import after_optimizer_step
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one thread is fastest, and avoids oversubscription on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: 1 thread is fastest
 
 
 def _layer(out: int = 12, inp: int = 20, **cfg) -> LipschitzLinear:

@@ -13,14 +13,7 @@ import formerlab as fl
 from formerlab.layers.linear import DenseSparseLinear, LowRankLinear
 from formerlab.transforms.factorize import dense_sparse_factors, svd_factors
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These small matmuls run faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: 1 thread is fastest
 
 
 BASE = {"kind": "decoder_lm", "vocab_size": 23, "dim": 16, "depth": 2, "num_heads": 2}

@@ -52,7 +52,7 @@ from ..config import BaseConfig, join, param
 from ..errors import ConfigError, FormerlabError
 from ..fileio import atomic_write
 from ..registry import ATTENTION, list_registered
-from .speed import torch_threads
+from ..threads import torch_threads
 
 DEFAULT_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
 PLOT_FORMATS = (".png", ".svg", ".pdf")

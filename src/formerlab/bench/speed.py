@@ -32,14 +32,13 @@ Inputs are random token ids from a fixed seed; timing is wall clock (``time.perf
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from torch import nn
 from ..config import BaseConfig, apply_overrides, join, load_with_base, param
 from ..errors import ConfigError, FormerlabError
 from ..layers.aux import collect_aux, parameter_counts
+from ..threads import torch_threads
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # (B, T) ids -> output (logits)
 Generate = Callable[[torch.Tensor], torch.Tensor]  # (1, P) prompt -> (1, ...) ids
@@ -526,14 +526,3 @@ def peak_rss_mb() -> float:
     return (
         peak / 2**20 if sys.platform == "darwin" else peak / 2**10
     )  # bytes on macOS, KiB on Linux
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run with ``threads`` torch intra-op threads, restoring the previous count afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..bench.speed import count_params
 from ..errors import ClaimError
 from ..registry import CLAIM
 from ..tasks.base import batch_generator
@@ -146,10 +147,6 @@ def build_arm(arm: str, seed: int) -> nn.Module:
 
     torch.manual_seed(seed)
     return formerlab.build_model({**MODEL, **ARMS[arm]})
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @dataclass(kw_only=True)

@@ -47,11 +47,9 @@ implemented.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -64,6 +62,7 @@ from ..layers.linear import LipschitzConfig, LipschitzLinear
 from ..lipschitz_bound import GELU_LIPSCHITZ, Residual, lipschitz_bound
 from ..registry import CLAIM
 from ..tasks.image_sequence import DIGITS_FILE, digits_folder, read_digits
+from ..threads import torch_threads
 from ..train import build_optimizer, build_schedule
 from ..train.trainer import after_optimizer_step
 from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
@@ -224,17 +223,6 @@ def certified(arm: dict[str, Any]) -> bool:
     )
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """These matrices are tiny: one thread is fastest and immune to oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass(kw_only=True)
 class LipschitzClaimConfig(ClaimConfig):
     """The ``lipschitz`` claim check (capped residual MLP on digits, Muon vs AdamW)."""
@@ -287,7 +275,9 @@ class LipschitzClaim(ClaimCheck):
             )
         steps, project = STEPS[budget], variant == "claim"
         grids = LR_GRID if project else {name: (lr,) for name, lr in CONTROL_LR.items()}
-        with _one_thread():
+        with torch_threads(
+            1
+        ):  # tiny matrices: one thread is fastest and immune to oversubscription
             runs = {
                 name: {lr: train_arm(optimizer_config(name, lr), steps, seed, project=project)
                        for lr in grid}

@@ -36,6 +36,7 @@ import torch
 from ..errors import ClaimError, ConfigError
 from ..fileio import atomic_write_text
 from ..registry import CLAIM
+from ..threads import torch_threads
 from .base import BUDGETS, ClaimCheck, Inconclusive
 
 DEFAULT_RESULTS_DIR = Path("runs/claims")
@@ -85,7 +86,7 @@ def run_claim(
     seeds = check.seeds_for(budget)
     out_dir = _prepare_out_dir(out_dir)
     start = time.perf_counter()
-    with _torch_threads(threads):
+    with torch_threads(threads):
         rows = [_measure_seed(check, budget, seed, log) for seed in seeds]
         env = environment(budget)
     result = _result(check, rows, time.perf_counter() - start, env)
@@ -286,17 +287,6 @@ def _seeded(seed: int) -> Iterator[None]:
         finally:
             random.setstate(py_state)
             np.random.set_state(np_state)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _json_safe(value: Any) -> Any:

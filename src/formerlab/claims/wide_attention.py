@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ..bench.speed import count_params
 from ..errors import ClaimError
 from ..models.presets import preset_dict
 from ..registry import CLAIM, TASK
@@ -120,10 +121,6 @@ def paired_latency(
             model(*inputs)
             out.append(time.perf_counter() - start)
     return statistics.median(times[0]), statistics.median(times[1])
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 @dataclass(kw_only=True)

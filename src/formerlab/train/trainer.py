@@ -37,6 +37,7 @@ from ..errors import ConfigError, TrainingError
 from ..fileio import atomic_write_text
 from ..layers.aux import clear_aux, collect_aux, parameter_counts
 from ..registry import TASK
+from ..threads import torch_threads
 from .checkpoint import (
     fault_from_env,
     latest_valid_checkpoint,
@@ -584,12 +585,7 @@ def train(
     out = Path(out_dir)
     fault_from_env()  # an invalid FORMERLAB_FAULT fails now, not at the first checkpoint
     check_run_dir(out, run, resume)
-    threads = torch.get_num_threads()
-    if run.train.threads:
-        torch.set_num_threads(run.train.threads)
-    try:
+    with torch_threads(run.train.threads or None):
         task, model = _build(run, out)
         _write_run_files(out, run, task)
         return _loop(Trainer(run, out, task, model), resume, progress)
-    finally:
-        torch.set_num_threads(threads)
