@@ -7,10 +7,13 @@ layers, ffns and models alike; the ``lipschitz`` linear kind keeps the matrices 
 
 What the bound is of. ``lipschitz_bound(module)`` bounds ``||f(x) - f(y)|| / ||x - y||`` (Euclidean
 norm; for a sequence, the norm of the whole ``(tokens, dim)`` array) of ``module``'s forward map in
-eval mode (dropout off), for the input it takes. For a formerlab ``decoder_lm`` / ``encoder`` (any
-module with a ``transformer`` stack) it is the map from the embedded input (token embedding plus
-positions, the first block's input) to the final hidden state (after the final norm); embeddings and
-heads are outside it.
+eval mode (dropout off), for the input it takes; ``norm="token_max"`` bounds it in the norm
+``max_t ||x_t||`` over the tokens instead. Every part except attention acts on each token alone
+and has the same constant in both norms; attention mixes tokens, and its Euclidean constant carries
+a ``sqrt(max_seq_len)`` factor that the max-over-tokens one does not. For a formerlab
+``decoder_lm`` / ``encoder`` (any module with a ``transformer`` stack) it is the map from the
+embedded input (token embedding plus positions, the first block's input) to the final hidden state
+(after the final norm); embeddings and heads are outside it.
 
 Rules (each an upper bound; bias terms do not change a Lipschitz constant):
 
@@ -25,17 +28,26 @@ Rules (each an upper bound; bias terms do not change a Lipschitz constant):
   ``Φ(sqrt 2) + sqrt(2) φ(sqrt 2) = 1.12890...`` (the minimum, -0.1289, is smaller in magnitude).
   SiLU ``x σ(x)``: ``sup σ(x)(1 + x(1 - σ(x))) = 1.09984`` at ``x ≈ 2.3994``, rounded up to 1.1.
   Squared ReLU has no global constant and is refused;
-- the ``none`` norm, identity and dropout (eval): 1.
+- the ``none`` norm, identity and dropout (eval): 1;
+- the bounded attention kind ``lipschitz``
+  (:class:`~formerlab.layers.attention.lipschitz.LipschitzAttention`, which projects its input
+  tokens onto a ball and scales scores by ``1/d``): the constant derived in that module from its
+  measured per-head spectral norms and biases. A norm-free ``decoder_lm`` / ``encoder`` with this
+  attention (``norm: none``, MLP FFNs with relu/gelu/silu) therefore gets a bound valid for every
+  input.
 
 Refused with a :class:`~formerlab.errors.ConfigError` naming the part: softmax (dot-product)
 attention and every other attention kind, which are not globally Lipschitz (Kim, Papamakarios, Mnih,
-2021, "The Lipschitz Constant of Self-Attention", arXiv:2006.04710); normalization layers other than
-``none`` (LayerNorm and RMSNorm divide by the input's scale, unbounded near zero); anything unknown.
+2021, "The Lipschitz Constant of Self-Attention", arXiv:2006.04710); cross-attention; normalization
+layers other than ``none`` (LayerNorm and RMSNorm divide by the input's scale, unbounded near zero);
+anything unknown.
 
-Differences from the paper: the paper's bounded attention (and its residual scaling by ``1/N``) is
-not implemented, so a formerlab transformer gets an error at its first attention; attention-free
-residual MLPs are bounded. Spectral norms are measured, not assumed to equal the cap, so the bound
-is tighter than ``c`` per matrix whenever a matrix is inside its ball.
+Differences from the paper: the residual is ``x + f(x)`` (bound ``1 + L_f``), not the paper's convex
+combination ``(1 - a) x + a f(x)``; the attention constant is derived for the Euclidean and
+max-over-tokens norms (see the attention module), not from modula's sensitivities. Spectral norms
+are measured, not assumed to equal the cap, so the bound is tighter than ``c`` per matrix whenever a
+matrix is inside its ball; linear layers of any kind are accepted (their norm is measured), so a
+``lipschitz`` linear kind is what keeps the bound from growing during training, not a requirement.
 """
 
 from __future__ import annotations
@@ -47,6 +59,7 @@ from torch import nn
 
 from .config import join
 from .errors import ConfigError
+from .layers.attention.lipschitz import NORMS, LipschitzAttention
 from .layers.block import TransformerBlock
 from .layers.ffn.mlp import MLP
 from .layers.linear import ConcatLinear
@@ -79,9 +92,17 @@ class Residual(nn.Module):
         return x + self.fn(x)
 
 
-def lipschitz_bound(module: nn.Module, path: str = "model") -> float:
-    """A certified upper bound on ``module``'s Lipschitz constant (see the module docstring);
-    ``path`` names the module in error messages."""
+def lipschitz_bound(module: nn.Module, path: str = "model", *, norm: str = "euclidean") -> float:
+    """A certified upper bound on ``module``'s Lipschitz constant in ``norm`` ("euclidean" |
+    "token_max"; see the module docstring); ``path`` names the module in error messages."""
+    if norm not in NORMS:
+        raise ConfigError(f"norm: {norm!r}; allowed: {', '.join(NORMS)}")
+    return _bound(module, path, norm)
+
+
+def _bound(module: nn.Module, path: str, norm: str) -> float:
+    if isinstance(module, LipschitzAttention):
+        return module.lipschitz_constant(norm)
     if getattr(type(module), "lipschitz_constant", None) is not None:
         return float(module.lipschitz_constant())
     if isinstance(module, ConcatLinear):
@@ -89,17 +110,17 @@ def lipschitz_bound(module: nn.Module, path: str = "model") -> float:
     if isinstance(module, nn.Linear) or callable(getattr(module, "effective_weight", None)):
         return sigma_max(_matrix(module, path))
     if isinstance(module, Residual):
-        return 1.0 + lipschitz_bound(module.fn, join(path, "fn"))
+        return 1.0 + _bound(module.fn, join(path, "fn"), norm)
     if isinstance(module, nn.Sequential):
-        return math.prod(lipschitz_bound(m, join(path, str(i))) for i, m in enumerate(module))
+        return math.prod(_bound(m, join(path, str(i)), norm) for i, m in enumerate(module))
     if isinstance(module, MLP):
         act = _activation(module.act, join(path, "activation"))
-        fc1 = lipschitz_bound(module.fc1, join(path, "fc1"))
-        return fc1 * act * lipschitz_bound(module.fc2, join(path, "fc2"))
+        fc1 = _bound(module.fc1, join(path, "fc1"), norm)
+        return fc1 * act * _bound(module.fc2, join(path, "fc2"), norm)
     if isinstance(module, TransformerBlock):
-        return _block_bound(module, path)
+        return _block_bound(module, path, norm)
     if isinstance(getattr(module, "transformer", None), nn.Module):
-        return _stack_bound(module.transformer, join(path, "transformer"))
+        return _stack_bound(module.transformer, join(path, "transformer"), norm)
     if isinstance(module, nn.GELU) and module.approximate == "none":
         return GELU_LIPSCHITZ
     if type(module) in _MODULE_LIPSCHITZ:
@@ -126,25 +147,25 @@ def _activation(fn: object, path: str) -> float:
     )
 
 
-def _block_bound(block: TransformerBlock, path: str) -> float:
+def _block_bound(block: TransformerBlock, path: str, norm: str) -> float:
     """A block with ``none`` norms: ``(1 + L_attn)(1 + L_ffn)`` (any placement is then the same
     ``x + f(x)`` twice)."""
     if block.cross_attn is not None:
         _by_config(block.cross_attn, join(path, "cross_attn"))
     for name in ("attn_norm", "attn_out_norm", "ffn_norm", "ffn_out_norm"):
-        norm = getattr(block, name)
-        if norm is not None:
-            lipschitz_bound(norm, join(path, name))  # refuses any real normalization
-    attn = lipschitz_bound(block.attn, join(path, "attn"))
-    return (1.0 + attn) * (1.0 + lipschitz_bound(block.ffn, join(path, "ffn")))
+        layer = getattr(block, name)
+        if layer is not None:
+            _bound(layer, join(path, name), norm)  # refuses any real normalization
+    attn = _bound(block.attn, join(path, "attn"), norm)
+    return (1.0 + attn) * (1.0 + _bound(block.ffn, join(path, "ffn"), norm))
 
 
-def _stack_bound(stack: nn.Module, path: str) -> float:
+def _stack_bound(stack: nn.Module, path: str, norm: str) -> float:
     """Embedded input -> final hidden state: the blocks' bounds times the final norm's."""
     bound = 1.0
     for i, block in enumerate(stack.blocks):
-        bound *= lipschitz_bound(block, f"{path}.blocks.{i}")
-    return bound * lipschitz_bound(stack.final_norm, join(path, "final_norm"))
+        bound *= _bound(block, f"{path}.blocks.{i}", norm)
+    return bound * _bound(stack.final_norm, join(path, "final_norm"), norm)
 
 
 def _by_config(module: nn.Module, path: str) -> float:
@@ -156,12 +177,13 @@ def _by_config(module: nn.Module, path: str) -> float:
     if group == "attention":
         why = (
             f"attention kind {kind!r} is not globally Lipschitz (Kim et al. 2021, "
-            "arXiv:2006.04710), and the bounded attention of arXiv:2507.13338 is not implemented"
+            "arXiv:2006.04710); allowed: attention kind 'lipschitz' (arXiv:2507.13338)"
         )
     elif group == "norm":
         why = f"norm kind {kind!r} is not globally Lipschitz (it divides by the input's scale)"
     else:
         why = f"no Lipschitz bound is known for {type(module).__name__}"
     raise ConfigError(
-        f"{path}: {why}; allowed: linear layers, relu/gelu/silu, residual MLPs and norm 'none'"
+        f"{path}: {why}; allowed: linear layers, relu/gelu/silu, residual MLPs, norm 'none' and "
+        "attention 'lipschitz'"
     )

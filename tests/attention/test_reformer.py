@@ -249,7 +249,12 @@ def test_generate_without_cache_matches_greedy_full_forward() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
-    [("n_hashes", 0, ">= 1"), ("bucket_size", -2, ">= 1"), ("n_buckets", 3, "even")],
+    [
+        ("n_hashes", 0, ">= 1"),
+        ("bucket_size", -2, ">= 1"),
+        ("n_buckets", 3, "even"),
+        ("hash_factors", 3, "null, 1 or 2"),
+    ],
 )
 def test_config_errors_name_the_field(field: str, value: int, allowed: str) -> None:
     run = {"model": {"kind": "decoder_lm", "attention": {"kind": "reformer", field: value}}}
@@ -262,3 +267,65 @@ def test_config_errors_name_the_field(field: str, value: int, allowed: str) -> N
 def test_no_cross_attention_form() -> None:
     with pytest.raises(fl.ConfigError, match="supports_cross"):
         build_attention(ReformerConfig(), causal=False, cross=True, **DIMS)
+
+
+def test_factorized_hash_is_the_mixed_radix_number_of_its_factor_hashes() -> None:
+    x = torch.randn(2, 3, 50, 8, dtype=torch.float64)
+    first, second = (
+        torch.randn(2, 8, 3, dtype=torch.float64),
+        torch.randn(2, 8, 5, dtype=torch.float64),
+    )
+    got = lsh_buckets(x, torch.cat([first, second], dim=-1), (6, 10))
+    assert torch.equal(got, lsh_buckets(x, first) * 10 + lsh_buckets(x, second))
+    assert got.max() < 60 and len(got.unique()) > 20  # 60 buckets, well used
+    with pytest.raises(ValueError, match="rotation columns"):
+        lsh_buckets(x, first, (6, 10))
+
+
+def test_long_sequences_factorize_the_hash_by_default() -> None:
+    cfg = ReformerConfig(bucket_size=64)
+    assert cfg.factors_for(4096) == (128,)  # 2 * bucket_size buckets: one hash
+    assert cfg.factors_for(16384) == (24, 22)  # 512 buckets asked, 528 made from 23 rotations
+    for T in (4160, 9000, 16384, 100_000):
+        b1, b2 = cfg.factors_for(T)
+        assert b1 % 2 == b2 % 2 == 0 and b1 * b2 >= cfg.buckets_for(T)
+        assert b1 + b2 < cfg.buckets_for(T) / 4  # far fewer rotations than one hash needs
+    assert ReformerConfig(bucket_size=64, hash_factors=1).factors_for(16384) == (512,)
+    assert ReformerConfig(bucket_size=4, hash_factors=2, n_buckets=16).factors_for(40) == (4, 4)
+    att = build_attention(ReformerConfig(bucket_size=4, n_hashes=2), causal=True, **DIMS)
+    assert att.factors == (6, 4) and att.rotations.shape == (
+        2,
+        6,
+        5,
+    )  # 20 buckets asked at T 40, 24 made
+    x = torch.randn(1, 40, DIMS["dim"])
+    assert att(x).shape == x.shape
+
+
+@pytest.mark.parametrize("after", [True, False])
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_chunk_kernel_backward_matches_numerical_gradients(after: bool, dropout_p: float) -> None:
+    from formerlab.ops.lsh import _ChunkExp
+
+    N, m, d = 5, 3, 4
+    q, k, v = (torch.randn(N, m, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    width = 3 if after else 2
+    bias = torch.randn(N, m, width * m, dtype=torch.float64)
+    bias[torch.rand_like(bias) < 0.3] = -math.inf
+    bias[1, 2] = -math.inf  # a query with no key at all
+    probe = torch.randn(N, m, dtype=torch.float64)
+
+    def fn(q, k, v):
+        torch.manual_seed(0)  # the same dropout masks on every call
+        out, total, top = _ChunkExp.apply(q, k, v, bias, after, dropout_p)
+        assert not top.requires_grad
+        # the row max is a constant of the backward: check what does not depend on it, the
+        # normalised output and the log-normaliser of every row that has a key
+        some = total > 0
+        lse = torch.where(some, total.clamp_min(1e-300).log() + top, 0.0)
+        return out / torch.where(some, total, 1.0)[..., None], lse * probe
+
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+    torch.manual_seed(0)
+    out, total, top = _ChunkExp.apply(q, k, v, bias, after, 0.0)
+    assert torch.isneginf(top[1, 2]) and total[1, 2] == 0 and not out[1, 2].any()

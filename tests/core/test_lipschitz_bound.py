@@ -1,5 +1,7 @@
 """The certified Lipschitz bound: it holds for every sampled pair (random and adversarial), it is
-attained on one-layer cases, the activation constants are right, and unbounded parts are refused."""
+attained on one-layer cases, the activation constants are right, norm-free transformers with the
+bounded ``lipschitz`` attention are certified in both norms (and softmax attention with the same
+weights breaks their bound), and unbounded parts are refused."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from formerlab.lipschitz_bound import (
     Residual,
     lipschitz_bound,
 )
+from formerlab.models.base import TransformerStack
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small matrices: 1 thread is fastest
 
@@ -148,3 +151,90 @@ def test_bound_grows_with_depth_as_the_product_of_residual_factors() -> None:
     per_block = 1 + GELU_LIPSCHITZ
     assert lipschitz_bound(deep) / lipschitz_bound(shallow) == pytest.approx(per_block**2, 1e-5)
     assert math.isfinite(lipschitz_bound(deep))
+
+
+# -- transformers with bounded attention ---------------------------------------------------------
+T, D = 8, 16
+
+
+def _transformer(kind: str = "decoder_lm", position: str = "learned", **over) -> nn.Module:
+    torch.manual_seed(3)
+    cfg = dict(kind=kind, vocab_size=8, dim=D, depth=2, num_heads=2, max_seq_len=T,
+               attention={"kind": "lipschitz"}, norm={"kind": "none"},
+               ffn={"kind": "mlp", "activation": "gelu"}, position={"kind": position},
+               linear={"kind": "lipschitz", "max_norm": 1.0}, init_std=1.0)  # fmt: skip
+    return fl.build_model({**cfg, **over}).double().eval()
+
+
+def _hidden(stack: TransformerStack, x: torch.Tensor) -> torch.Tensor:
+    """The certified map: embedded input -> blocks (rotary tables as the model passes them)."""
+    rotary = stack.position.rotary(torch.arange(x.size(1)), x.dtype)
+    with torch.no_grad():
+        for block in stack.blocks:
+            x = block(x, rotary=rotary)
+        return stack.final_norm(x)
+
+
+def _pair_ratios(stack: TransformerStack, x: torch.Tensor, y: torch.Tensor):
+    out, inp = _hidden(stack, x) - _hidden(stack, y), x - y
+    euclid = out.flatten(1).norm(dim=1) / inp.flatten(1).norm(dim=1)
+    token = out.norm(dim=-1).amax(1) / inp.norm(dim=-1).amax(1)
+    return float(euclid.max()), float(token.max())
+
+
+def _pairs(n: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+    """Far pairs at scales from inside the attention's ball (RMS 1) to far outside it, and near
+    pairs (the local slope)."""
+    g = torch.Generator().manual_seed(4)
+    scale = torch.logspace(-1, 1.5, n // 2, dtype=torch.float64)[:, None, None]
+    x = torch.randn(n, T, D, generator=g, dtype=torch.float64) * torch.cat([scale, scale])
+    y = torch.cat(
+        [
+            torch.randn(n // 2, T, D, generator=g, dtype=torch.float64) * scale,
+            x[n // 2 :] + 1e-3 * torch.randn(n // 2, T, D, generator=g, dtype=torch.float64),
+        ]
+    )
+    return x, y
+
+
+@pytest.mark.parametrize(
+    ("kind", "position"), [("decoder_lm", "learned"), ("decoder_lm", "rope"), ("encoder", "none")]
+)
+def test_transformer_bound_holds_on_two_thousand_pairs_in_both_norms(kind, position) -> None:
+    model = _transformer(kind, position)
+    euclid, token = lipschitz_bound(model), lipschitz_bound(model, norm="token_max")
+    assert math.isfinite(euclid) and token < euclid  # sqrt(T) factors in the Euclidean one
+    worst = _pair_ratios(model.transformer, *_pairs())
+    assert worst[0] <= euclid and worst[1] <= token
+
+
+def test_transformer_bound_is_the_product_of_its_block_factors() -> None:
+    model = _transformer()
+    for norm in ("euclidean", "token_max"):
+        expected = math.prod(
+            (1 + b.attn.lipschitz_constant(norm)) * (1 + lipschitz_bound(b.ffn))
+            for b in model.transformer.blocks
+        )
+        assert lipschitz_bound(model, norm=norm) == pytest.approx(expected, rel=1e-12)
+
+
+def test_softmax_attention_with_the_same_weights_breaks_the_bound() -> None:
+    """The sampled-pairs test can fail: the same weights under plain softmax attention (scores
+    q·k/sqrt(d), no input ball) exceed the bounded model's certificate on large inputs."""
+    bounded = _transformer()
+    softmax = _transformer(attention={"kind": "softmax"})
+    softmax.load_state_dict(bounded.state_dict())
+    g = torch.Generator().manual_seed(5)
+    x = 100 * torch.randn(500, T, D, generator=g, dtype=torch.float64)
+    y = x + 1e-3 * torch.randn(500, T, D, generator=g, dtype=torch.float64)
+    bound = lipschitz_bound(bounded)
+    assert _pair_ratios(softmax.transformer, x, y)[0] > bound
+    assert _pair_ratios(bounded.transformer, x, y)[0] <= bound
+
+
+def test_norms_in_a_bounded_transformer_are_refused_naming_the_part() -> None:
+    model = _transformer(norm={"kind": "layernorm"})
+    with pytest.raises(fl.ConfigError, match=r"blocks\.0\.attn_norm: norm kind 'layernorm'"):
+        lipschitz_bound(model)
+    with pytest.raises(fl.ConfigError, match=r"norm: 'l1'; allowed: euclidean, token_max"):
+        lipschitz_bound(_transformer(), norm="l1")

@@ -99,6 +99,10 @@ def test_every_attention_kind_with_stream_ports_converts_exactly(name: str) -> N
     causal = capability(get_registry("attention").config_class(name)(), "supports_causal")
     kind = "decoder_lm" if causal else "encoder"
     model = pre_ln(kind, attention={"kind": name})
+    if name == "lipschitz":  # its input passes a ball projection: no linear ports to fold into
+        with pytest.raises(fl.ConfigError, match=r"no linear stream input ports"):
+            convert_pre_ln(model, compressed=False)
+        return
     if name == "gated":  # its gate projection has no bias to absorb a nonzero β
         with pytest.raises(fl.ConfigError, match=r"gate_proj: has no bias to absorb"):
             convert_pre_ln(model, compressed=False)

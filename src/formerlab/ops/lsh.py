@@ -33,25 +33,62 @@ import torch
 from torch.nn import functional as F
 
 
-def lsh_buckets(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+def lsh_buckets(
+    x: torch.Tensor, rotations: torch.Tensor, factors: tuple[int, ...] | None = None
+) -> torch.Tensor:
     """(B, H, T, d) vectors, (R, d, n_buckets // 2) rotations -> (B, H, R, T) bucket ids.
 
     An empty last dimension (one bucket) puts every vector in bucket 0. ``argmax([xR; -xR])`` is
     read off the max and min of ``xR`` (first index on ties, as the argmax of the concatenation),
     so only ``xR`` itself is ever built, with one matrix product for every round.
+
+    ``factors`` (even bucket counts ``b_1, b_2, ...``) makes the hash factorized: the rotations'
+    last dimension holds ``b_1 / 2 + b_2 / 2 + ...`` columns, each group hashes on its own, and
+    the bucket is the mixed-radix number of the groups' buckets (``b_1 * b_2 * ...`` buckets for
+    ``(b_1 + b_2 + ...) / 2`` columns). Null: one hash over all the columns.
     """
     B, H, T, d = x.shape
-    R, _, half = rotations.shape
-    if half == 0:
+    R, _, columns = rotations.shape
+    if columns == 0:
         return torch.zeros(B, H, R, T, dtype=torch.long, device=x.device)
+    halves = [columns] if factors is None else [f // 2 for f in factors]
+    if sum(halves) != columns:
+        raise ValueError(f"factors {factors} need {sum(halves)} rotation columns, got {columns}")
     with torch.no_grad():
         rotated = (x.reshape(-1, d) @ rotations.to(x.dtype).transpose(0, 1).reshape(d, -1)).view(
-            B, H, T, R, half
+            B, H, T, R, columns
         )
-        top, at_top = rotated.max(dim=-1)
-        low, at_low = rotated.min(dim=-1)
-        buckets = torch.where(top >= -low, at_top, at_low + half)  # (B, H, T, R)
+        buckets = None
+        for part, half in zip(rotated.split(halves, dim=-1), halves, strict=True):
+            top, at_top = part.max(dim=-1)
+            low, at_low = part.min(dim=-1)
+            one = torch.where(top >= -low, at_top, at_low + half)  # (B, H, T, R)
+            buckets = one if buckets is None else buckets * (2 * half) + one
     return buckets.transpose(2, 3)
+
+
+class _PermutedRows(torch.autograd.Function):
+    """``x[index]`` where ``index`` lists each row of every group of ``x`` once per copy.
+
+    ``x`` is ``(groups * n, d)``; the output is ``(groups * copies * n, d)``, and ``inverse`` holds,
+    in the layout ``(groups, copies, n)``, the output row of each input row. The gradient is then
+    read back by one ``index_select`` (and a sum over the copies) instead of accumulated by a
+    scatter-add over all rows, which is what makes the backward of the sort cheap.
+    """
+
+    @staticmethod
+    def forward(ctx, x, index, inverse, groups: int, copies: int):  # type: ignore[override]
+        ctx.save_for_backward(inverse)
+        ctx.groups, ctx.copies = groups, copies
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (inverse,) = ctx.saved_tensors
+        rows = grad.index_select(0, inverse)
+        if ctx.copies > 1:
+            rows = rows.view(ctx.groups, ctx.copies, -1, rows.size(-1)).sum(dim=1).flatten(0, 1)
+        return rows, None, None, None, None
 
 
 def _chunks(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -95,21 +132,12 @@ def _row_index(index: torch.Tensor, lead: int, rows: int) -> torch.Tensor:
     return (index + base.view(*groups, *([1] * (index.dim() - lead)))).flatten()
 
 
-def _sorted_chunks(x: torch.Tensor, perm: torch.Tensor, window: int) -> torch.Tensor:
+def _sorted_chunks(x, perm, place, window: int) -> torch.Tensor:
     """Token-ordered (B, H, Tp, d) -> every round's sorted chunks, flat: (B * H * R * nc, m, d)."""
     B, H, Tp, d = x.shape
-    rows = x.reshape(B * H * Tp, d).index_select(0, _row_index(perm, 2, Tp))
+    index, inverse = _row_index(perm, 2, Tp), _row_index(place, 3, Tp)
+    rows = _PermutedRows.apply(x.reshape(B * H * Tp, d), index, inverse, B * H, perm.size(2))
     return rows.view(-1, window, d)
-
-
-def _neighbours(chunks: torch.Tensor, after: bool) -> list[torch.Tensor]:
-    """Views of the previous, own (and next) chunk of each flat chunk: no copies of the keys.
-
-    Across the ends of a (b, h, round) run they show the next run's chunks or zeros; the score
-    bias masks those pairs out."""
-    padded = F.pad(chunks, (0, 0, 0, 0, 1, 1))
-    n = chunks.size(0)
-    return [padded[j : j + n] for j in range(3 if after else 2)]
 
 
 def _narrow_codes(code: torch.Tensor) -> torch.Tensor:
@@ -136,61 +164,128 @@ def _own_round(code: torch.Tensor, perm: torch.Tensor, window: int, causal: bool
     return (group[..., None] == keys[..., None, :]) & near
 
 
-def _other_rounds(code: torch.Tensor, perm: torch.Tensor, window: int, after: bool):
-    """For each chunked (query, key) pair, in how many other rounds the key is in the query's set
-    (same bucket, within ``window`` places): (B, H, R, nc, m, w*m) (bool for two rounds, else
-    uint8), or None for one round."""
-    R = code.size(2)
-    if R == 1:
-        return None
-    counts = []
-    for r in range(R):  # the pairs of round r's chunks, looked up in every other round
-        count = None
-        for other in (o for o in range(R) if o != r):
-            chunked = _chunks(code[:, :, other].gather(-1, perm[:, :, r])[:, :, None], window)
-            keys = _look_around(chunked, after, fill=-8 * code.size(-1))  # far from every code
-            member = (chunked[..., None] - keys[..., None, :]).abs_() <= window
-            count = member if count is None else count.to(torch.uint8).add_(member)
-        counts.append(count)
-    return torch.cat(counts, dim=2)
+def _held_elsewhere(code: torch.Tensor, perm: torch.Tensor, r: int, window: int, after: bool):
+    """For each chunked (query, key) pair of round ``r``, in how many other rounds the key is in
+    the query's set (same bucket, within ``window`` places): (B, H, nc, m, w*m), bool for two
+    rounds, uint8 for more, None for one round.
+
+    Built from broadcast comparisons of the small per-token codes, so no (pairs)-sized integer
+    array is ever formed."""
+    count = None
+    for other in (o for o in range(code.size(2)) if o != r):
+        chunked = _chunks(code[:, :, other].gather(-1, perm[:, :, r])[:, :, None], window)
+        keys = _look_around(chunked, after, fill=-8 * code.size(-1))[:, :, 0, :, None, :]
+        query = chunked[:, :, 0, :, :, None]  # (B, H, nc, m, 1) against keys (B, H, nc, 1, w*m)
+        member = (keys >= query - window) & (keys <= query + window)
+        count = member if count is None else count.to(torch.uint8).add_(member)
+    return count
 
 
 def _round_bias(code, perm, window: int, causal: bool, dtype) -> torch.Tensor:
-    """Additive score bias: -inf outside the own round set, else -log(rounds holding the key)."""
+    """Additive score bias: -inf outside the own round set, else -log(rounds holding the key);
+    (B, H, R, nc, m, w*m), built one round at a time into one array."""
     with torch.no_grad():
         code = _narrow_codes(code)
         allowed = _own_round(code, perm, window, causal)
-        others = _other_rounds(code, perm, window, not causal)
+        bias = torch.empty(allowed.shape, dtype=dtype, device=code.device)
         blocked = torch.full((), float("-inf"), dtype=dtype, device=code.device)
         logs = -torch.arange(1, code.size(2) + 1, dtype=dtype, device=code.device).log()
-        if others is None:
-            return torch.where(allowed, logs[0], blocked)
-        if others.dtype == torch.bool:  # two rounds: held by the other one too, or not
-            return torch.where(allowed, torch.where(others, logs[1], logs[0]), blocked)
-        return torch.where(allowed, logs[others.long()], blocked)
+        for r in range(code.size(2)):
+            held = _held_elsewhere(code, perm, r, window, not causal)
+            if held is None:
+                value = logs[0]
+            elif held.dtype == torch.bool:  # two rounds: held by the other one too, or not
+                value = torch.where(held, logs[1], logs[0])
+            else:
+                value = logs[held.long()]
+            torch.where(allowed[:, :, r], value, blocked, out=bias[:, :, r])
+        return bias
 
 
-def _chunk_exp(q, keys, values, bias, dropout_p: float):
-    """Unnormalised softmax of each chunk over its neighbour chunks (``bias`` (N, m, w*m) added).
+def _pairs(j: int, n: int) -> tuple[slice, slice]:
+    """Neighbour ``j`` (0: previous chunk, 1: own, 2: next): the query chunks that have it, and
+    those neighbour chunks."""
+    if j == 0:
+        return slice(1, n), slice(0, n - 1)
+    if j == 2:
+        return slice(0, n - 1), slice(1, n)
+    return slice(0, n), slice(0, n)
 
-    Returns (sum_j e_j v_j (N, m, d), sum_j e_j (N, m), row max (N, m); -inf where no key), with
-    ``e = exp(score - row max)`` and the max held constant (detached), so every round's sums
-    share one exact gradient however they are rescaled later."""
-    m = q.size(1)
-    scores = [
-        torch.baddbmm(bias[..., j * m : (j + 1) * m], q, k.transpose(1, 2))
-        for j, k in enumerate(keys)
-    ]  # (N, m, m) per neighbour
-    top = torch.stack([s.detach().amax(dim=-1) for s in scores]).amax(dim=0)  # (N, m)
-    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))[..., None]
-    out, total = None, None
-    for s, v in zip(scores, values, strict=True):
-        e = s.sub_(shift).exp_()
-        total = e.sum(dim=-1) if total is None else total + e.sum(dim=-1)
+
+class _ChunkExp(torch.autograd.Function):
+    """Unnormalised softmax of each chunk over its neighbour chunks, with a hand-written backward.
+
+    Inputs: flat chunks ``q`` (scaled), ``k``, ``v`` (N, m, d) and the score ``bias`` (N, m, w*m)
+    (no gradient); chunk n sees chunks n - 1, n (and n + 1 when ``after``); past the ends the bias
+    alone is the score (it is -inf there). Outputs ``sum_j e_j v_j`` (N, m, d), ``sum_j e_j``
+    (N, m) and the row max (N, m; -inf where no key), with ``e = exp(score - row max)``. The max is
+    a constant of the backward: every round's sums are rescaled by the same factor later, so the
+    normalised result, and its gradient, do not depend on it.
+
+    Each neighbour is a product of shifted slices of the same chunk arrays, and the backward
+    accumulates into the gradients in place. Autograd would build the same sums from zero-filled
+    copies (the backward of each neighbour slice or padding) and keep extra copies of the scores;
+    at 16K tokens those copies cost about as much as the products themselves.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, after: bool, dropout_p: float):  # type: ignore[override]
+        n, m = q.shape[:2]
+        width = 3 if after else 2
+        scores = []  # (N, m, m) per neighbour
+        for j in range(width):
+            part = bias[..., j * m : (j + 1) * m]
+            rows, cols = _pairs(j, n)
+            s = torch.empty_like(part, memory_format=torch.contiguous_format)
+            torch.baddbmm(part[rows], q[rows], k[cols].transpose(1, 2), out=s[rows])
+            if j != 1:  # the end chunk without this neighbour: bias only
+                edge = 0 if j == 0 else n - 1
+                s[edge] = part[edge]
+            scores.append(s)
+        top = torch.stack([s.amax(dim=-1) for s in scores]).amax(dim=0)  # (N, m)
+        shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))[..., None]
+        weights = [s.sub_(shift).exp_() for s in scores]
+        total = weights[0].sum(dim=-1)
+        for e in weights[1:]:
+            total += e.sum(dim=-1)
+        masks = []  # dropout: 0 or 1 / (1 - p) per weight
         if dropout_p > 0:
-            e = F.dropout(e, dropout_p, training=True)
-        out = e @ v if out is None else torch.baddbmm(out, e, v)
-    return out, total, top
+            keep = torch.full_like(weights[0], 1.0 - dropout_p)
+            masks = [torch.bernoulli(keep).div_(1.0 - dropout_p) for _ in weights]
+        kept = [e * mask for e, mask in zip(weights, masks, strict=True)] if masks else weights
+        out = torch.bmm(kept[1], v)
+        for j in (0, 2)[: width - 1]:
+            rows, cols = _pairs(j, n)
+            out[rows].baddbmm_(kept[j][rows], v[cols])
+        ctx.save_for_backward(q, k, v, *weights, *masks)
+        ctx.width = width
+        ctx.mark_non_differentiable(top)
+        return out, total, top
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out, d_total, _d_top):  # type: ignore[override]
+        q, k, v, *saved = ctx.saved_tensors
+        width, n = ctx.width, q.size(0)
+        weights, masks = saved[:width], saved[width:]
+        d_q = d_k = d_v = None
+        for j in (1, 0, 2)[:width]:  # the own chunk first: it covers every row
+            rows, cols = _pairs(j, n)
+            e = weights[j][rows]
+            kept = e * masks[j][rows] if masks else e
+            d_e = torch.bmm(d_out[rows], v[cols].transpose(1, 2))  # (N', m, m): d kept
+            if masks:
+                d_e.mul_(masks[j][rows])
+            d_s = d_e.add_(d_total[rows, :, None]).mul_(e)  # d score = d e * e
+            if d_q is None:
+                d_q = torch.bmm(d_s, k)
+                d_k = torch.bmm(d_s.transpose(1, 2), q)
+                d_v = torch.bmm(kept.transpose(1, 2), d_out)
+                continue
+            d_q[rows].baddbmm_(d_s, k[cols])
+            d_k[cols].baddbmm_(d_s.transpose(1, 2), q[rows])
+            d_v[cols].baddbmm_(kept.transpose(1, 2), d_out[rows])
+        return d_q, d_k, d_v, None, None, None
 
 
 def _combine_rounds(out, total, top, v: torch.Tensor) -> torch.Tensor:
@@ -229,13 +324,14 @@ def lsh_attention(
     valid = F.pad(valid.to(torch.bool), (0, Tp - T))
     perm, code = _sort_rounds(F.pad(buckets, (0, Tp - T)), valid)
     place = code % (2 * Tp)  # sorted place of each token (B, H, R, Tp)
-    qc, kc, vc = (_sorted_chunks(F.pad(x, (0, 0, 0, Tp - T)), perm, m) for x in (q * scale, k, v))
-    bias = _round_bias(code, perm, m, causal, q.dtype).flatten(0, 3)  # (N, m, w*m)
-    out, total, top = _chunk_exp(
-        qc, _neighbours(kc, not causal), _neighbours(vc, not causal), bias, dropout_p
+    qc, kc, vc = (
+        _sorted_chunks(F.pad(x, (0, 0, 0, Tp - T)), perm, place, m) for x in (q * scale, k, v)
     )
+    bias = _round_bias(code, perm, m, causal, q.dtype).flatten(0, 3)  # (N, m, w*m)
+    out, total, top = _ChunkExp.apply(qc, kc, vc, bias, not causal, dropout_p)
     shape = place.shape  # (B, H, R, Tp): back to token order
-    out = out.view(-1, q.size(-1)).index_select(0, _row_index(place, 3, Tp))
+    flat, back = _row_index(place, 3, Tp), _row_index(perm, 3, Tp)
+    out = _PermutedRows.apply(out.view(-1, q.size(-1)), flat, back, 1, 1)
     out = out.view(*shape, -1)[:, :, :, :T]
     total, top = (x.view(shape).gather(3, place)[:, :, :, :T] for x in (total, top))
     return _combine_rounds(out, total, top, v)

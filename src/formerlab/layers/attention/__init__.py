@@ -5,6 +5,7 @@ from . import gated as gated
 from . import hard_topk as hard_topk
 from . import linear as linear
 from . import linformer as linformer
+from . import lipschitz as lipschitz
 from . import local as local
 from . import longformer as longformer
 from . import mdha as mdha

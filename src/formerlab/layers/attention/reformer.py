@@ -20,7 +20,12 @@ construction and saved with the model (a fixed hash per trained model, so traini
 agree) rather than redrawn every forward pass. (4) Bidirectional queries also look one chunk ahead
 (the paper looks one back only), so each side sees up to ``bucket_size`` same-bucket keys. (5)
 ``n_buckets`` defaults to ``2 * ceil(max_seq_len / bucket_size)`` (the paper's average of
-bucket_size / 2 tokens per bucket at full length). No reversible layers or chunked feed-forwards
+bucket_size / 2 tokens per bucket at full length). (6) Above ``2 * bucket_size`` buckets the hash is
+factorized by default (``hash_factors``): two independent rotation hashes into b1 and b2 buckets,
+combined into b1 * b2 buckets. The paper's single hash needs n_buckets / 2 rotations, so hashing
+alone costs T * n_buckets / 2 * head_dim, which grows as T^2 when n_buckets follows T; two factors
+need about sqrt(n_buckets) rotations. Hugging Face's port of the authors' code accepts the same
+factorization (``num_buckets`` as a list) and switches to it for long sequences. No reversible layers or chunked feed-forwards
 here (memory techniques of the model, not of the attention), and no KV cache.
 Scores are scaled by 1/sqrt(head_dim); rotary positions, when configured, rotate queries and keys
 alike before hashing (rotations keep norms, so keys stay the normalised queries).
@@ -53,6 +58,11 @@ class ReformerConfig(AttentionConfig):
     n_buckets: int | None = param(
         None, doc="hash buckets, 1 or even (null: 2 * ceil(max_seq_len / bucket_size))"
     )
+    hash_factors: int | None = param(
+        None,
+        doc="1: one hash over n_buckets / 2 rotations; 2: two hashes whose buckets multiply, "
+        "about sqrt(n_buckets) rotations (null: 2 when n_buckets > 2 * bucket_size)",
+    )
 
     def validate(self, path: str = "") -> None:
         super().validate(path)
@@ -68,10 +78,28 @@ class ReformerConfig(AttentionConfig):
                 "number >= 2"
             )
 
+        if self.hash_factors not in (None, 1, 2):
+            raise ConfigError(
+                f"{join(path, 'hash_factors')}: invalid value {self.hash_factors}; allowed: "
+                "null, 1 or 2"
+            )
+
     def buckets_for(self, max_seq_len: int) -> int:
         if self.n_buckets is not None:
             return self.n_buckets
         return 2 * math.ceil(max_seq_len / self.bucket_size)
+
+    def factors_for(self, max_seq_len: int) -> tuple[int, ...]:
+        """The bucket count of each hash: ``(n_buckets,)``, or two even counts ``b1 = 2 *
+        ceil(sqrt(n) / 2)`` and ``b2 = 2 * ceil(n / (2 * b1))`` whose product is at least ``n``."""
+        n = self.buckets_for(max_seq_len)
+        factors = self.hash_factors
+        if factors is None:
+            factors = 2 if n > 2 * self.bucket_size else 1
+        if factors == 1 or n == 1:
+            return (n,)
+        first = 2 * math.ceil(math.sqrt(n) / 2)
+        return first, 2 * math.ceil(n / (2 * first))
 
 
 @ATTENTION.register(ReformerConfig)
@@ -90,9 +118,10 @@ class ReformerAttention(ProjectedAttention):
         self.qkv_proj = make_fused_linear(
             dims["linear"], dims["dim"], [width, width], bias=cfg.bias
         )  # q, v
-        n_buckets = cfg.buckets_for(self.max_seq_len)
-        rotations = torch.randn(cfg.n_hashes, self.head_dim, n_buckets // 2)
-        self.register_buffer("rotations", rotations)  # (R, hd, n_buckets / 2), saved with the model
+        self.factors = cfg.factors_for(self.max_seq_len)
+        columns = sum(n // 2 for n in self.factors)
+        rotations = torch.randn(cfg.n_hashes, self.head_dim, columns)
+        self.register_buffer("rotations", rotations)  # (R, hd, columns), saved with the model
 
     def project(self, x, context, cache, key_mask=None):
         """Queries and values; the keys are the queries (normalised in :meth:`attend`)."""
@@ -108,7 +137,7 @@ class ReformerAttention(ProjectedAttention):
             q,
             keys,
             v,
-            lsh_buckets(keys, self.rotations),  # (B, nh, R, T)
+            lsh_buckets(keys, self.rotations, self.factors),  # (B, nh, R, T)
             window=self.config.bucket_size,
             causal=self.causal,
             key_mask=key_mask,
