@@ -329,3 +329,23 @@ def test_chunk_kernel_backward_matches_numerical_gradients(after: bool, dropout_
     torch.manual_seed(0)
     out, total, top = _ChunkExp.apply(q, k, v, bias, after, 0.0)
     assert torch.isneginf(top[1, 2]) and total[1, 2] == 0 and not out[1, 2].any()
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_blocks_of_heads_give_the_same_attention_and_gradients(monkeypatch, causal: bool) -> None:
+    from formerlab.ops import lsh
+
+    B, H, T, d = 2, 3, 21, 4
+    q, v = (torch.randn(B, H, T, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    buckets = lsh_buckets(
+        F.normalize(q.detach(), dim=-1), torch.randn(2, d, 3, dtype=torch.float64)
+    )
+    mask = padding_mask([21, 13], T, left=causal)
+    results = []
+    for block_bytes in (2**40, 1):  # everything at once; one head at a time
+        monkeypatch.setattr(lsh, "BLOCK_BYTES", block_bytes)
+        k = F.normalize(q, dim=-1)
+        y = lsh_attention(q, k, v, buckets, window=4, causal=causal, key_mask=mask)
+        results.append((y, *torch.autograd.grad(y.square().sum(), (q, v))))
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-13)

@@ -81,6 +81,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -240,6 +241,38 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float(hits)
 
 
+def train_constrained(
+    model: nn.Module,
+    optimizer: Any,
+    steps: int,
+    batch_loss: Callable[[int], torch.Tensor],
+    *,
+    project: bool,
+) -> tuple[float, bool, float]:
+    """The training loop of both proxies: ``steps`` steps on ``batch_loss(step)`` with the check's
+    warm-up + cosine schedule, the spectral projection after every step when ``project``, and σ/cap
+    of every matrix measured after every step. Returns (largest σ/cap seen, every loss finite,
+    last loss)."""
+    opt = build_optimizer(optimizer, model)
+    warmup = min(SCHEDULE["warmup_steps"], steps)  # (tests run a few steps)
+    schedule = build_schedule({**SCHEDULE, "warmup_steps": warmup}, steps)
+    peaks = [group["lr"] for group in opt.param_groups]
+    worst, finite, last = max_sigma_ratio(model), True, math.nan
+    for step in range(steps):
+        for group, peak in zip(opt.param_groups, peaks, strict=True):
+            group["lr"] = peak * schedule.factor(step)
+        loss = batch_loss(step)
+        loss.backward()
+        opt.step()
+        if project:
+            after_optimizer_step(model)
+        opt.zero_grad(set_to_none=True)
+        last = float(loss.detach())
+        finite = finite and math.isfinite(last)
+        worst = max(worst, max_sigma_ratio(model))
+    return worst, finite, last
+
+
 def train_arm(optimizer: dict[str, Any], steps: int, seed: int, *, project: bool) -> dict[str, Any]:
     """Train one run; its validation and test accuracy, the largest σ/cap seen after any step,
     finiteness, the bound computed from the final weights and the largest sampled pair ratio (test
@@ -247,31 +280,20 @@ def train_arm(optimizer: dict[str, Any], steps: int, seed: int, *, project: bool
     data = digits_split()
     (xt, yt), (xv, yv), (xs, ys) = data["train"], data["val"], data["test"]
     model = residual_mlp(seed)
-    opt = build_optimizer(optimizer, model)
-    warmup = min(SCHEDULE["warmup_steps"], steps)  # (tests run a few steps)
-    schedule = build_schedule({**SCHEDULE, "warmup_steps": warmup}, steps)
-    peaks = [group["lr"] for group in opt.param_groups]
     g = torch.Generator().manual_seed(seed)
-    worst, finite, loss = max_sigma_ratio(model), True, math.nan
-    for step in range(steps):
-        for group, peak in zip(opt.param_groups, peaks, strict=True):
-            group["lr"] = peak * schedule.factor(step)
+
+    def batch_loss(_step: int) -> torch.Tensor:
         idx = torch.randint(0, len(xt), (BATCH,), generator=g)
-        loss = nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-        loss.backward()
-        opt.step()
-        if project:
-            after_optimizer_step(model)
-        opt.zero_grad(set_to_none=True)
-        finite = finite and math.isfinite(float(loss.detach()))
-        worst = max(worst, max_sigma_ratio(model))
+        return nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+
+    worst, finite, loss = train_constrained(model, optimizer, steps, batch_loss, project=project)
     bound = lipschitz_bound(model)
     return {
         "val_accuracy": accuracy(model, xv, yv),
         "test_accuracy": accuracy(model, xs, ys),
         "max_sigma_over_cap": worst,
         "finite": finite,
-        "final_loss": float(loss.detach()),
+        "final_loss": loss,
         "bound": bound,
         "max_pair_ratio": max_pair_ratio(model, xs, seed, PAIRS),
     }
@@ -384,22 +406,13 @@ def train_lm_arm(
     run, task = lm_run(optimizer, steps, seed), lm_task(seed)
     torch.manual_seed(seed)
     model = build_model(run.model)
-    opt = build_optimizer(run.train.optimizer, model)
-    warmup = min(SCHEDULE["warmup_steps"], steps)  # (tests run a few steps)
-    schedule = build_schedule({**SCHEDULE, "warmup_steps": warmup}, steps)
-    peaks = [group["lr"] for group in opt.param_groups]
-    worst, finite = max_sigma_ratio(model), True
-    for step in range(steps):
-        for group, peak in zip(opt.param_groups, peaks, strict=True):
-            group["lr"] = peak * schedule.factor(step)
-        loss, _ = task.loss(model, task.batch("train", step, LM_BATCH))
-        loss.backward()
-        opt.step()
-        if project:
-            after_optimizer_step(model)
-        opt.zero_grad(set_to_none=True)
-        finite = finite and math.isfinite(float(loss.detach()))
-        worst = max(worst, max_sigma_ratio(model))
+    worst, finite, _ = train_constrained(
+        model,
+        run.train.optimizer,
+        steps,
+        lambda step: task.loss(model, task.batch("train", step, LM_BATCH))[0],
+        project=project,
+    )
     select, score = lm_scores(model, task, 0), lm_scores(model, task, LM_SCORE_OFFSET)
     return {
         "val_accuracy": select["accuracy"],
