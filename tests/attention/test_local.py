@@ -233,3 +233,22 @@ def test_config_round_trip_and_capabilities() -> None:
     info = fl.describe("attention", "local")
     assert "2011.04006" in info["paper"]
     assert info["capabilities"]["supports_causal"] and info["capabilities"]["supports_kv_cache"]
+
+
+@pytest.mark.parametrize("per_head_valid", [False, True])
+def test_one_head_at_a_time_equals_the_dense_twin(monkeypatch, per_head_valid: bool) -> None:
+    from formerlab.ops import heads
+
+    monkeypatch.setattr(heads, "BLOCK_BYTES", 1)  # every head its own block
+    q, k, v, key_valid, extra = random_case(G=2)
+    valid = extra.valid.expand(-1, q.size(1), -1, -1).clone() if per_head_valid else extra.valid
+    if per_head_valid:
+        valid[:, 1] = ~valid[:, 1]  # heads differ: a block must get its own rows
+    inputs = [t.requires_grad_() for t in (q, k, v, extra.k, extra.v)]
+    band = dict(before=2, after=1, dilation=2, key_valid=key_valid)
+    results = []
+    for fn in (banded_attention, banded_attention_reference):
+        y = fn(q, k, v, extra=ExtraKeys(inputs[3], inputs[4], valid), **band)
+        results.append((y, *torch.autograd.grad(y.sin().sum(), inputs)))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

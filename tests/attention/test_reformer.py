@@ -333,7 +333,7 @@ def test_chunk_kernel_backward_matches_numerical_gradients(after: bool, dropout_
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_blocks_of_heads_give_the_same_attention_and_gradients(monkeypatch, causal: bool) -> None:
-    from formerlab.ops import lsh
+    from formerlab.ops import heads
 
     B, H, T, d = 2, 3, 21, 4
     q, v = (torch.randn(B, H, T, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -343,7 +343,7 @@ def test_blocks_of_heads_give_the_same_attention_and_gradients(monkeypatch, caus
     mask = padding_mask([21, 13], T, left=causal)
     results = []
     for block_bytes in (2**40, 1):  # everything at once; one head at a time
-        monkeypatch.setattr(lsh, "BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(heads, "BLOCK_BYTES", block_bytes)
         k = F.normalize(q, dim=-1)
         y = lsh_attention(q, k, v, buckets, window=4, causal=causal, key_mask=mask)
         results.append((y, *torch.autograd.grad(y.square().sum(), (q, v))))

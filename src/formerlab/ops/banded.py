@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import InputError
+from .heads import over_head_blocks
 
 MIN_BLOCK = 16
 
@@ -116,8 +117,26 @@ def banded_attention(
 ) -> torch.Tensor:
     """Blocked sliding-window attention: q (B, H, Tq, hd), k/v (B, H, S, hd) -> (B, H, Tq, hd).
 
-    ``key_valid`` (B, S) bool marks real keys; ``block`` overrides the query block size."""
+    ``key_valid`` (B, S) bool marks real keys; ``block`` overrides the query block size. Long
+    sequences are computed a few heads at a time (:mod:`formerlab.ops.heads`)."""
     check_band(before, after, dilation)
+    B, H, Tq, _ = q.shape
+    reach = (block or max(before, after, MIN_BLOCK)) + before + after
+    reach += 0 if extra is None else extra.k.size(-2)
+    per_head = B * Tq * reach * q.element_size()  # the scores and weights of one head
+
+    def heads(q, k, v, extra_k, extra_v, extra_valid):
+        more = None if extra is None else ExtraKeys(extra_k, extra_v, extra_valid)
+        return _banded(
+            q, k, v, before, after, q_start, k_start, key_valid, dilation, more, dropout_p, block
+        )
+
+    parts = (None, None, None) if extra is None else tuple(extra)
+    return over_head_blocks(heads, (q, k, v, *parts), H, per_head)
+
+
+def _banded(q, k, v, before, after, q_start, k_start, key_valid, dilation, extra, dropout_p, block):
+    """:func:`banded_attention` on all of its heads at once."""
     valid = _key_valid(key_valid, k)
     if dilation == 1:
         return _blocked(q, k, v, valid, before, after, q_start, k_start, extra, dropout_p, block)

@@ -32,6 +32,8 @@ import math
 import torch
 from torch.nn import functional as F
 
+from .heads import over_head_blocks
+
 
 def lsh_buckets(
     x: torch.Tensor, rotations: torch.Tensor, factors: tuple[int, ...] | None = None
@@ -301,10 +303,6 @@ def _combine_rounds(out, total, top, v: torch.Tensor) -> torch.Tensor:
     return torch.where(alone[..., None], v, y)
 
 
-#: the largest temporary array one block of :func:`lsh_attention` may allocate (bytes)
-BLOCK_BYTES = 32 * 2**20
-
-
 def lsh_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -321,27 +319,18 @@ def lsh_attention(
 
     ``key_mask`` (B, T) bool, True = real token. Memory O(R * T * window); never T x T.
 
-    Long sequences are computed a few heads at a time (each head's attention is independent), so
-    that every temporary array stays under :data:`BLOCK_BYTES`. Larger arrays are served by fresh
-    memory maps on every call (glibc's malloc does so above 32 MiB), and touching their new pages
-    cost about a quarter of the time at 16K tokens.
+    Long sequences are computed a few heads at a time (:mod:`formerlab.ops.heads`); the score
+    bias is the largest temporary array.
     """
     B, H, T, d = q.shape
     scale = scale if scale is not None else 1 / math.sqrt(d)
-    width = 2 if causal else 3
-    per_head = buckets.size(2) * (-(-T // window) * window) * width * window * q.element_size()
-    heads = max(1, BLOCK_BYTES // per_head)  # heads per block: the score bias is the largest array
-    if heads >= B * H:
+    chunked = -(-T // window) * window
+    per_head = B * buckets.size(2) * chunked * (2 if causal else 3) * window * q.element_size()
+
+    def block(q, k, v, buckets):
         return _lsh_block(q, k, v, buckets, window, causal, key_mask, scale, dropout_p)
-    # split, not slicing: the backward of a split concatenates the blocks' gradients, while each
-    # slice's backward would fill a zero array of the full size
-    rows = []
-    for b, inputs in enumerate(zip(*(x.split(1) for x in (q, k, v, buckets)), strict=True)):
-        mask = None if key_mask is None else key_mask[b : b + 1]
-        blocks = zip(*(x.split(heads, dim=1) for x in inputs), strict=True)
-        parts = [_lsh_block(*block, window, causal, mask, scale, dropout_p) for block in blocks]
-        rows.append(torch.cat(parts, dim=1))
-    return torch.cat(rows, dim=0)
+
+    return over_head_blocks(block, (q, k, v, buckets), H, per_head)
 
 
 def _lsh_block(q, k, v, buckets, window: int, causal: bool, key_mask, scale: float, dropout_p):
