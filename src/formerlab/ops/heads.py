@@ -3,7 +3,7 @@
 Each head's attention is independent, so a kernel may process blocks of heads and concatenate the
 results. It pays on CPU for long sequences: glibc's malloc serves arrays above 32 MiB (its largest
 dynamic mmap threshold) with fresh memory maps on every call, and first-touching those pages cost
-about a quarter of the forward + backward time of LSH attention at 16K tokens. Splitting (rather
+about a fifth of the forward + backward time of LSH attention at 16K tokens. Splitting (rather
 than slicing) keeps the backward cheap: a split's gradient is one concatenation, while every slice's
 gradient would fill a zero array of the full size.
 """

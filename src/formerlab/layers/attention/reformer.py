@@ -25,8 +25,10 @@ factorized by default (``hash_factors``): two independent rotation hashes into b
 combined into b1 * b2 buckets. The paper's single hash needs n_buckets / 2 rotations, so hashing
 alone costs T * n_buckets / 2 * head_dim, which grows as T^2 when n_buckets follows T; two factors
 need about sqrt(n_buckets) rotations. Hugging Face's port of the authors' code accepts the same
-factorization (``num_buckets`` as a list) and switches to it for long sequences. No reversible layers or chunked feed-forwards
-here (memory techniques of the model, not of the attention), and no KV cache.
+factorization (``num_buckets`` as a list) and switches to it for long sequences. (A model saved
+before ``hash_factors`` existed, with more than ``2 * bucket_size`` buckets, needs
+``hash_factors: 1`` in its config to load.) No reversible layers or chunked feed-forwards here (memory techniques of the
+model, not of the attention), and no KV cache.
 Scores are scaled by 1/sqrt(head_dim); rotary positions, when configured, rotate queries and keys
 alike before hashing (rotations keep norms, so keys stay the normalised queries).
 """
