@@ -37,6 +37,7 @@ test-all: setup
 # formerlab's gpt-small-cpu and Hugging Face GPT-2 of the same size, side by side in one process.
 bench: setup
 	$(PY) benchmarks/hf_gpt2_speed.py --rounds 2
+	$(PY) benchmarks/hf_gpt2_speed.py --rounds 2 --compile
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -2,6 +2,7 @@
 
     python benchmarks/hf_gpt2_speed.py                      # gpt-small-cpu, 2 threads, 1 round
     python benchmarks/hf_gpt2_speed.py --rounds 3           # alternate the order, median per figure
+    python benchmarks/hf_gpt2_speed.py --rounds 2 --compile # formerlab generates with compile=True
 
 Prints one JSON object ``{"formerlab": {...}, "hf_gpt2": {...}, "ratio": {...}}``. Both models are
 timed by the same code (:func:`formerlab.bench.speed.run_protocol`): training and forward on a
@@ -157,7 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=1, help="alternating rounds (median)")
     for field, default in SpeedProtocol().to_dict().items():
         flag = "--" + field.replace("_", "-")
-        parser.add_argument(flag, type=type(default), default=default, dest=field)
+        if isinstance(default, bool):  # e.g. --compile: formerlab generates with compile=True
+            parser.add_argument(flag, action="store_true", default=default, dest=field)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, dest=field)
     return parser
 
 

@@ -375,7 +375,7 @@ def bench_speed(
     process: interleaved round-robin over the models, median of warm calls, ratios to the first
     model (in command-line order; default: --preset gpt-small-cpu). Protocol fields for --set:
     batch_size seq_len warmup train_repeats fwd_warmup fwd_repeats gen_warmup gen_repeats
-    prompt_len new_tokens lr seed.
+    prompt_len new_tokens lr seed compile.
 
     Example: formerlab bench speed --preset gpt-small-cpu --config configs/examples/copy-tiny.yaml --json
     """

@@ -119,3 +119,56 @@ def test_encoder_decoder_cached_generation_equals_uncached() -> None:
     with torch.no_grad():
         logits = m(src, cached[:, :-1])
     assert torch.equal(logits.argmax(-1), cached[:, 1:])
+
+
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """``torch.compile`` as the identity: the static decode path runs eagerly (fast tests)."""
+    from formerlab.models import generation
+
+    monkeypatch.setattr(generation.torch, "compile", lambda fn, **_: fn)
+
+
+@pytest.mark.parametrize("arch", PRESET_PARTS)
+def test_static_decode_equals_the_growing_cache(eager_compile, arch: str) -> None:
+    m = model(**PRESET_PARTS[arch])
+    prompt = torch.randint(0, 50, (3, 7))
+    assert torch.equal(m.generate(prompt, 20, compile=True), m.generate(prompt, 20))
+    prompts = [[1, 2, 3, 4, 5, 6], [7, 8], [9, 10, 11, 12]]  # left padding: per-row positions
+    assert m.generate(prompts, 10, compile=True) == m.generate(prompts, 10)
+    sampled = dict(temperature=1.0, top_k=20, seed=5)
+    assert m.generate(prompts, 10, compile=True, **sampled) == m.generate(prompts, 10, **sampled)
+    assert len(m.__dict__["_static_decode"]) == 1  # one static cache per batch size, reused
+    m.float()  # cast: new buffers and graph, same tokens
+    assert torch.equal(m.generate(prompt, 20, compile=True), m.generate(prompt, 20))
+    assert len(m.__dict__["_static_decode"]) == 2
+
+
+def test_static_decode_falls_back_to_eager_when_compiling_fails(monkeypatch) -> None:
+    from formerlab.models import generation
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(generation.torch, "compile", lambda fn, **_: broken)
+    m = model()
+    prompt = torch.randint(0, 50, (2, 5))
+    with pytest.warns(UserWarning, match="compiling failed"):
+        out = m.generate(prompt, 8, compile=True)
+    assert torch.equal(out, m.generate(prompt, 8))
+
+
+def test_static_decode_needs_the_cache_and_a_static_attention_kind() -> None:
+    with pytest.raises(fl.InputError, match="compile: needs the KV cache"):
+        model().generate(torch.ones(1, 3, dtype=torch.long), 4, use_cache=False, compile=True)
+    primer = model(attention={"kind": "mdha"})
+    assert primer.supports_kv_cache and not primer.supports_static_cache
+    with pytest.raises(fl.InputError, match="'mdha'"):
+        primer.generate(torch.ones(1, 3, dtype=torch.long), 4, compile=True)
+
+
+@pytest.mark.slow
+def test_compiled_static_decode_gives_the_same_tokens() -> None:
+    m = model(torch.float32)
+    prompt = torch.randint(0, 50, (1, 9))
+    assert torch.equal(m.generate(prompt, 30, compile=True), m.generate(prompt, 30))

@@ -74,6 +74,11 @@ class SpeedProtocol(BaseConfig):
     prompt_len: int = param(32, doc="prompt tokens for generation")
     new_tokens: int = param(128, doc="tokens generated per call")
     lr: float = param(1.0e-4, doc="AdamW learning rate of the timed training steps")
+    compile: bool = param(
+        False,
+        doc="decoder LMs generate with compile=True (fixed buffers, one compiled step; the "
+        "untimed first call compiles it)",
+    )
     seed: int = param(0, doc="seed for weights and input ids")
 
     def validate(self, path: str = "") -> None:
@@ -287,7 +292,9 @@ class ModelSpec:
 
 def _decoder_subject(name: str, model: nn.Module, proto: SpeedProtocol) -> Subject:
     def generate(prompt: torch.Tensor) -> torch.Tensor:
-        return model.generate(prompt, max_new_tokens=proto.new_tokens, temperature=0.0)
+        return model.generate(
+            prompt, max_new_tokens=proto.new_tokens, temperature=0.0, compile=proto.compile
+        )
 
     shape = (1, proto.prompt_len + proto.new_tokens)
     return Subject(name, model, model, generate, model.config.vocab_size, shape)

@@ -263,8 +263,10 @@ class TransformerStack(nn.Module):
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        static = cache is not None and cache.static is not None
         offset = cache.length if cache is not None else 0
-        self.check_input(input_ids, offset)
+        if not static:  # a static decode step is checked once, by generate (no host syncs here)
+            self.check_input(input_ids, offset)
         x, rotary = self.embed_input(input_ids, attention_mask, position_ids, offset)
         T = input_ids.size(1)
         for i, block in enumerate(self.blocks):
@@ -276,7 +278,7 @@ class TransformerStack(nn.Module):
                 context=context,
                 context_mask=context_mask,
             )
-        if cache is not None:
+        if cache is not None and not static:
             cache.length = offset + T
         if not self.compressed:
             return self.final_norm(x)
@@ -287,6 +289,11 @@ class TransformerStack(nn.Module):
     @property
     def supports_kv_cache(self) -> bool:
         return all(getattr(b.attn, "supports_kv_cache", False) for b in self.blocks)
+
+    @property
+    def supports_static_cache(self) -> bool:
+        """Decode steps can run on fixed buffers (``generate(compile=True)``)."""
+        return all(getattr(b.attn, "supports_static_cache", False) for b in self.blocks)
 
 
 def make_lm_head(cfg: TransformerConfig) -> nn.Module | None:

@@ -65,6 +65,10 @@ class DecoderLM(nn.Module):
     def supports_kv_cache(self) -> bool:
         return self.transformer.supports_kv_cache
 
+    @property
+    def supports_static_cache(self) -> bool:
+        return self.transformer.supports_static_cache
+
     def new_cache(self) -> DecodeCache:
         return DecodeCache(len(self.transformer.blocks))
 

@@ -67,6 +67,8 @@ def causal_depthwise_conv(
 class MDHAttention(SoftmaxAttention):
     """Softmax attention whose q, k, v pass through per-channel causal convolutions (width 3)."""
 
+    supports_static_cache = False  # its convolutions keep their own past inputs
+
     paper = "So et al., 2021, Primer: Searching for Efficient Transformers, arXiv:2109.08668"
     supports_cross = False
 

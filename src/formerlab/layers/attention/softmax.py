@@ -51,8 +51,15 @@ class SoftmaxAttention(ProjectedAttention):
     #: scores -> weights for variants of softmax (clipped, top-k, ...); None = the fused SDPA kernel
     probs: Callable[[torch.Tensor], torch.Tensor] | None = None
 
+    #: decode steps can run on fixed buffers (:class:`StaticKVCache`), so they compile once
+    supports_static_cache = True
+
     def attend(self, q, k, v, *, key_mask, cache):
-        if cache is not None:
+        static = cache.get("static") if cache is not None else None
+        if static is not None:  # one new token per row, written at the shared slot
+            k, v = cache["kv"].write(k, v, static.slot)
+            key_mask = static.valid
+        elif cache is not None:
             k, v = cache.setdefault("kv", KVCache()).update(k, v)
         dropout_p = self.config.dropout if self.training else 0.0
         if self.probs is not None:
