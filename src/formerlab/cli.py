@@ -131,6 +131,14 @@ def generate(
     top_k: Annotated[int | None, typer.Option(help="Sample among the k best tokens.")] = None,
     top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = 0.95,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = 0,
+    compile_decode: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Decode on fixed buffers with one compiled step (pays off for long outputs; the "
+            "first call compiles, ~20 s).",
+        ),
+    ] = False,
 ) -> None:
     """Continue a prompt with a trained decoder LM.
 
@@ -156,6 +164,7 @@ def generate(
         top_k=top_k,
         top_p=top_p,
         seed=seed,
+        compile=compile_decode,
     )[0]
     print(loaded.tokenizer.decode(out))
 

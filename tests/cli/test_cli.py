@@ -88,6 +88,21 @@ def test_train_eval_generate(text_run, tmp_path, capsys) -> None:
     assert capsys.readouterr().out.startswith("the quick")
 
 
+def test_generate_with_compile_gives_the_same_text(text_run, tmp_path, capsys, monkeypatch) -> None:
+    from formerlab.models import generation
+
+    monkeypatch.setattr(generation.torch, "compile", lambda fn, **_: fn)  # the static path, eager
+    out = tmp_path / "out"
+    assert main(["train", str(text_run), "--out", str(out), "--set", "train.steps=2"]) == 0
+    texts = []
+    for extra in ([], ["--compile"]):
+        capsys.readouterr()
+        args = ["generate", str(out), "--prompt", "the", "--max-new-tokens", "12"]
+        assert main([*args, "--temperature", "0", *extra]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] == texts[1] and texts[0].startswith("the")
+
+
 def test_train_refuses_bad_overrides_before_compute(text_run, tmp_path, capsys) -> None:
     out = tmp_path / "never"
     assert main(["train", str(text_run), "--out", str(out), "--set", "model.depth=two"]) == 2
