@@ -448,6 +448,32 @@ def compare(
     return fine, best, {name: runs[name][lr]["test_accuracy"] for name, lr in best.items()}
 
 
+def run_grid(
+    train: Callable[..., dict[str, Any]],
+    grids: dict[str, tuple[float, ...]],
+    steps: int,
+    seed: int,
+    project: bool,
+    certify: Callable[[dict[str, Any]], bool],
+    prefix: str = "",
+) -> tuple[dict[str, dict[float, dict[str, Any]]], bool, dict[str, float], dict[str, float], dict]:
+    """One proxy's runs: ``train`` at every rate of each optimizer's grid; the best-rate comparison
+    (:func:`compare`: certified, best rate, test accuracy per optimizer); and the notes of every
+    run, keys prefixed with ``prefix``."""
+    runs = {
+        name: {lr: train(optimizer_config(name, lr), steps, seed, project=project) for lr in grid}
+        for name, grid in grids.items()
+    }
+    ok, best, test = compare(runs, certify)
+    notes = {
+        **{f"{prefix}{name}_lr{lr:g}_{key}": value for name, by_lr in runs.items()
+           for lr, run in by_lr.items() for key, value in run.items()},
+        **{f"{prefix}{name}_best_lr": lr for name, lr in best.items()},
+        **{f"{prefix}{name}_test_accuracy": acc for name, acc in test.items()},
+    }  # fmt: skip
+    return runs, ok, best, test, notes
+
+
 @dataclass(kw_only=True)
 class LipschitzClaimConfig(ClaimConfig):
     """The ``lipschitz`` claim check (capped residual MLP on digits, Muon vs AdamW)."""
@@ -524,18 +550,10 @@ class LipschitzClaim(ClaimCheck):
         """Proxy (a): its margin, each arm's test accuracy, and whether it is certified."""
         steps = STEPS[budget]
         grids = LR_GRID if project else {name: (lr,) for name, lr in CONTROL_LR.items()}
-        runs = {
-            name: {lr: train_arm(optimizer_config(name, lr), steps, seed, project=project)
-                   for lr in grid}
-            for name, grid in grids.items()
-        }  # fmt: skip
-        ok, best, test = compare(runs, certified)
+        _, ok, _, test, notes = run_grid(train_arm, grids, steps, seed, project, certified)
         gain = test["muon"] - test["adamw"]
         self.note(
-            **{f"{name}_lr{lr:g}_{key}": value for name, by_lr in runs.items()
-               for lr, run in by_lr.items() for key, value in run.items()},
-            **{f"{name}_best_lr": lr for name, lr in best.items()},
-            **{f"{name}_test_accuracy": acc for name, acc in test.items()},
+            **notes,
             certified=ok,
             gain_points=gain,
             enforced_bound=enforced_bound(),
@@ -548,19 +566,13 @@ class LipschitzClaim(ClaimCheck):
         """Proxy (b): its margin (VIOLATION unless certified and not diverged)."""
         steps = LM_STEPS[budget]
         grids = LM_LR_GRID if project else {name: (lr,) for name, lr in LM_CONTROL_LR.items()}
-        runs = {
-            name: {lr: train_lm_arm(optimizer_config(name, lr), steps, seed, project=project)
-                   for lr in grid}
-            for name, grid in grids.items()
-        }  # fmt: skip
-        ok, best, test = compare(runs, lm_certified)
+        runs, ok, best, test, notes = run_grid(
+            train_lm_arm, grids, steps, seed, project, lm_certified, prefix="lm_"
+        )
         stable = all(converged(runs[name][lr]) for name, lr in best.items())
         gain = test["muon"] - test["adamw"]
         self.note(
-            **{f"lm_{name}_lr{lr:g}_{key}": value for name, by_lr in runs.items()
-               for lr, run in by_lr.items() for key, value in run.items()},
-            **{f"lm_{name}_best_lr": lr for name, lr in best.items()},
-            **{f"lm_{name}_test_accuracy": acc for name, acc in test.items()},
+            **notes,
             lm_certified=ok,
             lm_converged=stable,
             lm_gain_points=gain,
