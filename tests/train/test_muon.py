@@ -16,7 +16,7 @@ import formerlab as fl
 from formerlab.train import trainer as tr
 from formerlab.train.config import TrainConfig
 from formerlab.train.muon import CombinedOptimizer, MuonConfig, muon_split
-from formerlab.train.optim import build_optimizer
+from formerlab.train.optim import _fast_path, build_optimizer
 
 MUON = {"kind": "muon", "lr": 0.02, "adamw": {"kind": "adamw", "lr": 3e-3}}
 
@@ -131,8 +131,10 @@ def test_matches_torch_muon_and_adamw_with_the_same_hyperparameters() -> None:
     ref_adamw = torch.optim.AdamW(
         [{"params": [p for p in rest if p.ndim >= 2], "weight_decay": 0.2},
          {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}],
-        lr=0.01, betas=(0.9, 0.95), eps=1e-8,
+        lr=0.01, betas=(0.9, 0.95), eps=1e-8, **_fast_path(rest),
     )  # fmt: skip
+    # the same AdamW kernel as ours (fused on CPU): a last-bit difference in the AdamW part changes
+    # the next gradients, and Muon's bfloat16 Newton-Schulz can turn that into a 1e-4 difference
     ids = torch.randint(0, 32, (2, 8))
     for _ in range(3):
         for model, opts in ((ours, [opt]), (ref, [ref_muon, ref_adamw])):

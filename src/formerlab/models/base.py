@@ -269,17 +269,33 @@ class TransformerStack(nn.Module):
             self.check_input(input_ids, offset)
         x, rotary = self.embed_input(input_ids, attention_mask, position_ids, offset)
         T = input_ids.size(1)
-        for i, block in enumerate(self.blocks):
-            x = block(
-                x,
-                attention_mask=attention_mask,
-                rotary=rotary,
-                cache=cache[i] if cache is not None else None,
-                context=context,
-                context_mask=context_mask,
-            )
+        context_args = {"context": context, "context_mask": context_mask}
+        for i in range(len(self.blocks)):
+            x = self.call_block(i, x, cache, i, attention_mask, rotary, **context_args)
         if cache is not None and not static:
             cache.length = offset + T
+        return self.finish(x)
+
+    def call_block(
+        self,
+        index: int,
+        x: torch.Tensor,
+        cache: DecodeCache | None,
+        call: int,
+        attention_mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        **context_args: Any,
+    ) -> torch.Tensor:
+        """Block ``index`` on the stream ``x``; as the ``call``-th block call of this forward it
+        keeps its keys and values in ``cache[call]`` (a block that runs twice has two entries)."""
+        layer_cache = cache[call] if cache is not None else None
+        return self.blocks[index](
+            x, attention_mask=attention_mask, rotary=rotary, cache=layer_cache, **context_args
+        )
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The final norm after the last block; a compressed stream is expanded back to ``dim``
+        after a compressed final norm, before any other (see the module docstring)."""
         if not self.compressed:
             return self.final_norm(x)
         if self.final_compressed:

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..config import join, param
 from ..errors import ConfigError, InputError
+from ..layers.attention import AttentionConfig
 from ..layers.attention.base import capability
 from ..registry import HEAD, MODEL
 from .base import TransformerConfig, TransformerStack, init_weights
@@ -37,44 +38,68 @@ class EncoderConfig(TransformerConfig):
             )
 
 
-@MODEL.register(EncoderConfig)
-class Encoder(nn.Module):
-    """``encode(ids, mask) -> (B, T, D)``; ``model(ids, mask)`` applies the head."""
+class HeadEncoder(nn.Module):
+    """An encoder with a head around a stack built by the subclass (what ``encoder`` and
+    ``looped`` share): ``encode(ids, mask) -> (B, T, D)``; ``model(ids, mask)`` applies the head."""
 
-    paper = "Devlin et al., 2018, BERT: Pre-training of Deep Bidirectional Transformers, arXiv:1810.04805"
-
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, transformer: TransformerStack):
         super().__init__()
         self.config = cfg
         self.pair_input = bool(getattr(cfg.head, "pair_input", False))
-        self.transformer = TransformerStack(cfg, depth=cfg.depth, causal=False)
-        self.head = HEAD.build(
-            cfg.head,
-            dim=cfg.dim,
-            vocab_size=cfg.vocab_size,
-            linear=cfg.linear,
-            embedding=self.transformer.embed,
-        )
+        self.transformer = transformer
+        self.head = build_head(cfg, transformer.embed)
         init_weights(self, cfg.init_std, cfg.depth)
 
     def encode(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if attention_mask is not None and not capability(
-            self.config.attention, "supports_padding_mask"
-        ):
-            raise InputError(
-                f"attention_mask: attention {self.config.attention.kind!r} lacks "
-                "supports_padding_mask; pass unpadded batches"
-            )
+        check_mask_support(self.config.attention, attention_mask)
         return self.transformer(input_ids, attention_mask=attention_mask)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if self.pair_input:
-            input_ids, attention_mask = flatten_pairs(input_ids, attention_mask)
-        return self.head(self.encode(input_ids, attention_mask), attention_mask)
+        return apply_head(self, input_ids, attention_mask)
+
+
+@MODEL.register(EncoderConfig)
+class Encoder(HeadEncoder):
+    """``encode(ids, mask) -> (B, T, D)``; ``model(ids, mask)`` applies the head."""
+
+    paper = "Devlin et al., 2018, BERT: Pre-training of Deep Bidirectional Transformers, arXiv:1810.04805"
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__(cfg, TransformerStack(cfg, depth=cfg.depth, causal=False))
+
+
+def build_head(cfg: TransformerConfig, embedding: nn.Module) -> nn.Module:
+    """The model's ``head`` (``cfg.head``) on hidden states of width ``dim``; a head that decodes
+    tokens may share ``embedding``."""
+    return HEAD.build(
+        cfg.head, dim=cfg.dim, vocab_size=cfg.vocab_size, linear=cfg.linear, embedding=embedding
+    )
+
+
+def check_mask_support(attention: AttentionConfig, attention_mask: torch.Tensor | None) -> None:
+    """InputError before any compute for a padding mask the attention kind cannot apply."""
+    if attention_mask is not None and not capability(attention, "supports_padding_mask"):
+        raise InputError(
+            f"attention_mask: attention {attention.kind!r} lacks supports_padding_mask; "
+            "pass unpadded batches"
+        )
+
+
+def apply_head(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **encode_args: Any,
+) -> torch.Tensor:
+    """An encoder's forward: document pairs flattened for a pair head (``model.pair_input``), then
+    ``model.encode`` (with ``encode_args``), then ``model.head``."""
+    if model.pair_input:
+        input_ids, attention_mask = flatten_pairs(input_ids, attention_mask)
+    return model.head(model.encode(input_ids, attention_mask, **encode_args), attention_mask)
 
 
 def flatten_pairs(

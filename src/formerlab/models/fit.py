@@ -48,19 +48,13 @@ from torch import nn
 from ..config import join, param
 from ..errors import ConfigError, InputError
 from ..layers.attention import AttentionConfig, SoftmaxAttentionConfig
-from ..layers.attention.base import build_attention, capability, require
-from ..layers.block import TransformerBlock, part_linear
+from ..layers.attention.base import capability, require
 from ..ops.masks import positions_from_mask
-from ..registry import HEAD, MODEL, NORM
-from .base import (
-    TransformerConfig,
-    TransformerStack,
-    check_attention,
-    init_weights,
-    lm_logits,
-    make_lm_head,
-)
-from .encoder import flatten_pairs
+from ..registry import MODEL
+from .base import TransformerConfig, TransformerStack, check_attention, init_weights, make_lm_head
+from .decoder_lm import LMLogits
+from .encoder import apply_head, build_head, check_mask_support
+from .fit_block import FITBlock
 from .generation import generate
 from .heads import ClassifierHeadConfig, HeadConfig
 
@@ -153,66 +147,8 @@ def full_attention_flops(seq_len: int, dim: int, layers: int) -> int:
     return 4 * dim * layers * seq_len * seq_len
 
 
-class CrossLayer(nn.Module):
-    """``q + CrossAttn(norm(q) -> norm(context))``: FIT's read and write layers (no MLP)."""
-
-    def __init__(self, cfg: FITConfig):
-        super().__init__()
-        self.query_norm = NORM.build(cfg.norm, dim=cfg.dim)
-        self.context_norm = NORM.build(cfg.norm, dim=cfg.dim)
-        self.attn = build_attention(
-            cfg.cross_attention,
-            dim=cfg.dim,
-            num_heads=cfg.num_heads,
-            causal=False,
-            max_seq_len=cfg.max_seq_len,
-            linear=part_linear(cfg.cross_attention, cfg),
-            cross=True,
-        )
-        self.dropout = cfg.dropout
-
-    def forward(
-        self, q: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None
-    ) -> torch.Tensor:
-        y = self.attn(
-            self.query_norm(q), context=self.context_norm(context), context_mask=context_mask
-        )
-        return q + nn.functional.dropout(y, self.dropout, self.training)
-
-
-class FITBlock(nn.Module):
-    """read -> global layers -> write -> local layers (see the module docstring)."""
-
-    def __init__(self, cfg: FITConfig):
-        super().__init__()
-        causal, latent = cfg.causal, cfg.global_layers > 0
-        self.read = CrossLayer(cfg) if latent else None
-        self.globals = nn.ModuleList(
-            TransformerBlock(cfg, causal=causal) for _ in range(cfg.global_layers)
-        )
-        self.write = CrossLayer(cfg) if latent else None
-        self.local = nn.ModuleList(
-            TransformerBlock(cfg, causal=causal) for _ in range(cfg.local_layers)
-        )
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None, ctx: dict[str, Any]):
-        """x (B*G, n, D) data, z (B, G, m, D) latents -> both updated."""
-        if self.read is not None:
-            B, G, m, D = z.shape
-            z = self.read(z.reshape(B * G, m, D), x, ctx["local_mask"])
-            z = z.view(B, G * m, D)
-            for layer in self.globals:
-                z = layer(z, attention_mask=ctx["latent_mask"])
-            z = z.view(B, G, m, D)
-            source = ctx["shift"](z) if ctx["shift"] is not None else z
-            x = self.write(x, source.reshape(B * G, m, D), None)
-        for layer in self.local:
-            x = layer(x, attention_mask=ctx["local_mask"], rotary=ctx["rotary"])
-        return x, z
-
-
 @MODEL.register(FITConfig)
-class FIT(nn.Module):
+class FIT(LMLogits, nn.Module):
     """``encode(ids, mask) -> (B, L, D)``; ``model(ids, mask)``: the head (encoder) or logits
     (decoder_lm); ``generate`` (decoder_lm) recomputes the prefix every step (no KV cache)."""
 
@@ -232,13 +168,7 @@ class FIT(nn.Module):
         self.start = nn.Parameter(torch.zeros(m, D)) if latent and cfg.causal else None
         self.head = self.lm_head = None
         if not cfg.causal:
-            self.head = HEAD.build(
-                cfg.head,
-                dim=D,
-                vocab_size=cfg.vocab_size,
-                linear=cfg.linear,
-                embedding=self.transformer.embed,
-            )
+            self.head = build_head(cfg, self.transformer.embed)
         else:
             self.lm_head = make_lm_head(cfg)
         layers = cfg.depth * (cfg.local_layers + cfg.global_layers + 2 * latent)
@@ -297,18 +227,12 @@ class FIT(nn.Module):
         return stack.final_norm(x.reshape(B, G * n, -1)[:, :L])
 
     def _check_mask(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> None:
-        if mask is None:
-            return
-        if mask.shape != input_ids.shape:
+        if mask is not None and mask.shape != input_ids.shape:
             raise InputError(
                 f"attention_mask: shape {tuple(mask.shape)}; expected the shape of input_ids "
                 f"{tuple(input_ids.shape)}"
             )
-        if not capability(self.config.attention, "supports_padding_mask"):
-            raise InputError(
-                f"attention_mask: attention {self.config.attention.kind!r} lacks "
-                "supports_padding_mask; pass unpadded batches"
-            )
+        check_mask_support(self.config.attention, mask)
 
     def _check_padding(self, length: int) -> None:
         if not capability(self.config.attention, "supports_padding_mask"):
@@ -317,9 +241,6 @@ class FIT(nn.Module):
                 f"{self.config.group_size}, and attention {self.config.attention.kind!r} lacks "
                 "supports_padding_mask to mask the padded group; allowed: a multiple of group_size"
             )
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return lm_logits(h, self.lm_head, self.transformer.embed)
 
     def forward(
         self,
@@ -332,11 +253,8 @@ class FIT(nn.Module):
         if cache is not None:
             raise InputError("cache: fit keeps no KV cache (supports_kv_cache is False)")
         if self.config.causal:
-            h = self.encode(input_ids, attention_mask)
-            return self.logits(h[:, -1:] if last_only else h)
-        if self.pair_input:
-            input_ids, attention_mask = flatten_pairs(input_ids, attention_mask)
-        return self.head(self.encode(input_ids, attention_mask), attention_mask)
+            return self.logits(self.encode(input_ids, attention_mask), last_only)
+        return apply_head(self, input_ids, attention_mask)
 
     def generate(self, prompt_ids: Any, max_new_tokens: int = 64, **kwargs: Any) -> Any:
         """See :func:`formerlab.models.generation.generate` (mode decoder_lm only)."""

@@ -42,23 +42,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from ..config import join, param
 from ..errors import ConfigError, InputError
 from ..layers.attention import DecodeCache
-from ..layers.attention.base import capability
-from ..layers.norm.crmsnorm import expand
-from ..registry import HEAD, MODEL
-from .base import (
-    TransformerStack,
-    init_weights,
-    lm_logits,
-    make_lm_head,
-)
-from .decoder_lm import DecoderLMConfig
-from .encoder import EncoderConfig, flatten_pairs
-from .generation import generate
+from ..registry import MODEL
+from .base import TransformerStack
+from .decoder_lm import CausalLM, DecoderLMConfig
+from .encoder import EncoderConfig, HeadEncoder, apply_head, check_mask_support
 
 PAPER = (
     "Gao, Zheng, Xie, Shi, Hu, Li, Ng, Li, Liu, 2024, On the Expressive Power of a Variant of the "
@@ -181,23 +172,10 @@ class LoopedStack(TransformerStack):
                     injected = x  # p: iteration 1 reads it as it is
                 else:
                     x = x + injected
-            x = self.blocks[index](
-                x,
-                attention_mask=attention_mask,
-                rotary=rotary,
-                cache=cache[call] if cache is not None else None,
-            )
+            x = self.call_block(index, x, cache, call, attention_mask, rotary)
         if cache is not None:
             cache.length = offset + input_ids.size(1)
-        return self._final(x)
-
-    def _final(self, x: torch.Tensor) -> torch.Tensor:
-        """The final norm, expanding a compressed stream as :class:`TransformerStack` does."""
-        if not self.compressed:
-            return self.final_norm(x)
-        if self.final_compressed:
-            return expand(self.final_norm(x))
-        return self.final_norm(expand(x))
+        return self.finish(x)
 
 
 class _LoopControl:
@@ -215,24 +193,13 @@ class _LoopControl:
 
 
 @MODEL.register(LoopedConfig)
-class LoopedEncoder(_LoopControl, nn.Module):
+class LoopedEncoder(_LoopControl, HeadEncoder):
     """``encode(ids, mask) -> (B, T, D)``; ``model(ids, mask)`` applies the head (as ``encoder``)."""
 
     paper = PAPER
 
     def __init__(self, cfg: LoopedConfig):
-        super().__init__()
-        self.config = cfg
-        self.pair_input = bool(getattr(cfg.head, "pair_input", False))
-        self.transformer = LoopedStack(cfg, causal=False)
-        self.head = HEAD.build(
-            cfg.head,
-            dim=cfg.dim,
-            vocab_size=cfg.vocab_size,
-            linear=cfg.linear,
-            embedding=self.transformer.embed,
-        )
-        init_weights(self, cfg.init_std, cfg.depth)
+        super().__init__(cfg, LoopedStack(cfg, causal=False))
 
     def encode(
         self,
@@ -241,72 +208,34 @@ class LoopedEncoder(_LoopControl, nn.Module):
         *,
         loops: int | None = None,
     ) -> torch.Tensor:
-        if attention_mask is not None and not capability(
-            self.config.attention, "supports_padding_mask"
-        ):
-            raise InputError(
-                f"attention_mask: attention {self.config.attention.kind!r} lacks "
-                "supports_padding_mask; pass unpadded batches"
-            )
+        """As ``encoder``; ``loops``: K of this call (None: ``model.loops``)."""
+        check_mask_support(self.config.attention, attention_mask)
         return self.transformer(input_ids, attention_mask=attention_mask, loops=loops)
 
     def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        loops: int | None = None,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
-        if self.pair_input:
-            input_ids, attention_mask = flatten_pairs(input_ids, attention_mask)
-        return self.head(self.encode(input_ids, attention_mask, loops=loops), attention_mask)
+        """As ``encoder``; keyword ``loops``: K of this call (see :meth:`encode`)."""
+        return apply_head(self, input_ids, attention_mask, **kwargs)
 
 
 @MODEL.register(LoopedLMConfig)
-class LoopedLM(_LoopControl, nn.Module):
-    """``model(input_ids) -> logits``; ``model.generate(prompt_ids, ...)`` decodes with a KV cache of
-    one entry per (iteration, block) call."""
+class LoopedLM(_LoopControl, CausalLM):
+    """``model(input_ids) -> logits``; ``model.generate(prompt_ids, ...)`` decodes (K:
+    ``model.loops``) with a KV cache of one entry per (iteration, block) call."""
 
     paper = PAPER
 
     def __init__(self, cfg: LoopedLMConfig):
-        super().__init__()
-        self.config = cfg
-        self.transformer = LoopedStack(cfg, causal=True)
-        self.lm_head = make_lm_head(cfg)
-        init_weights(self, cfg.init_std, cfg.depth)
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return lm_logits(h, self.lm_head, self.transformer.embed)
+        super().__init__(cfg, LoopedStack(cfg, causal=True))
 
     def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        position_ids: torch.Tensor | None = None,
-        cache: DecodeCache | None = None,
-        last_only: bool = False,
-        loops: int | None = None,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> torch.Tensor:
-        """(B, T) ids -> (B, T, V) logits (or (B, 1, V) with ``last_only``)."""
-        h = self.transformer(
-            input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            loops=loops,
-        )
-        return self.logits(h[:, -1:] if last_only else h)
-
-    @property
-    def supports_kv_cache(self) -> bool:
-        return self.transformer.supports_kv_cache
+        """As ``decoder_lm`` (keywords ``position_ids``, ``cache``, ``last_only``); keyword
+        ``loops``: K of this call (None: ``model.loops``)."""
+        return self.lm_forward(input_ids, attention_mask, **kwargs)
 
     def new_cache(self, loops: int | None = None) -> DecodeCache:
         """A cache for the K of ``loops`` (None: the K the next forward runs)."""
         return DecodeCache(self.config.calls(self.transformer.active_loops(loops)))
-
-    def generate(self, prompt_ids: Any, max_new_tokens: int = 64, **kwargs: Any) -> Any:
-        """See :func:`formerlab.models.generation.generate` (K: ``model.loops``)."""
-        return generate(self, prompt_ids, max_new_tokens, **kwargs)

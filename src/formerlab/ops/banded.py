@@ -208,20 +208,15 @@ def banded_attention_reference(
     k: torch.Tensor,
     v: torch.Tensor,
     *,
-    before: int,
-    after: int,
-    q_start: int = 0,
-    k_start: int = 0,
     key_valid: torch.Tensor | None = None,
-    dilation: int = 1,
     extra: ExtraKeys | None = None,
+    **band: int,
 ) -> torch.Tensor:
-    """The plain twin of :func:`banded_attention`: a dense masked score matrix, O(Tq * S)."""
-    band = band_mask(
-        q.size(-2), k.size(-2), before=before, after=after, q_start=q_start, k_start=k_start,
-        dilation=dilation, device=q.device,
-    )  # fmt: skip
-    allowed = band & _key_valid(key_valid, k)[..., None, :]  # (B, 1, Tq, S)
+    """The plain twin of :func:`banded_attention`: a dense masked score matrix, O(Tq * S). ``band``
+    holds the same band keywords (``before``, ``after``, ``q_start``, ``k_start``, ``dilation``),
+    passed on to :func:`band_mask`."""
+    in_band = band_mask(q.size(-2), k.size(-2), device=q.device, **band)
+    allowed = in_band & _key_valid(key_valid, k)[..., None, :]  # (B, 1, Tq, S)
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.size(-1))  # (B, H, Tq, S)
     values = v
     if extra is not None:

@@ -46,6 +46,7 @@ from ...config import join, param
 from ...errors import ConfigError
 from ...registry import LINEAR
 from .base import LinearConfig
+from .factorized import FactorizedLinear
 
 #: the default fraction of the dense weight count a dense-sparse layer keeps
 DEFAULT_RATIO = 0.5
@@ -116,40 +117,39 @@ def top_s_mask(latent: torch.Tensor, s: int) -> torch.Tensor:
 
 
 @LINEAR.register(DenseSparseConfig)
-class DenseSparseLinear(nn.Module):
+class DenseSparseLinear(FactorizedLinear):
     """``y = (x S^T) D^T + b`` with ``S = S̃ ⊙ top_s(|S̃|)`` per column; D: (out, k), S̃: (k, in)."""
 
     paper = (
         "Chand, Prabhu, Kumar, 2023, DSFormer: Effective Compression of Text-Transformers by "
         "Dense-Sparse Weight Factorization, arXiv:2312.13211"
     )
-    fusable = False  # q, k and v are factorized one by one
+    factor_names = ("D", "S_latent")
 
     def __init__(self, cfg: DenseSparseConfig, *, in_features: int, out_features: int, bias: bool):
-        super().__init__()
-        self.config = cfg
-        self.in_features = in_features
-        self.out_features = out_features
-        self.basis = cfg.basis_for(in_features, out_features)
+        basis = cfg.basis_for(in_features, out_features)
+        super().__init__(cfg, in_features, out_features, basis, bias)
+        self.basis = basis
         self.nonzeros = cfg.nonzeros
         self.straight_through = cfg.support == "stf"
-        self.D = nn.Parameter(torch.empty(out_features, self.basis))
-        self.S_latent = nn.Parameter(torch.empty(self.basis, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         if not self.straight_through:
-            self.register_buffer("mask", torch.ones(self.basis, in_features, dtype=torch.bool))
+            self.register_buffer("mask", torch.ones(basis, in_features, dtype=torch.bool))
         self.init_normal_(1.0 / math.sqrt(in_features))
+
+    @property
+    def products(self) -> int:
+        return self.nonzeros  # an entry of D S sums the s kept products of its column
+
+    def init_factors_(self, std: float) -> None:
+        """D ~ Normal(0, std); S̃ ~ Normal, rescaled so that its kept entries have RMS std."""
+        nn.init.normal_(self.D, mean=0.0, std=std)
+        nn.init.normal_(self.S_latent)
+        kept = self.S_latent[top_s_mask(self.S_latent, self.nonzeros)]
+        self.S_latent.mul_(std / kept.pow(2).mean().sqrt())
 
     def init_normal_(self, std: float) -> None:
         """``D S`` gets entries of std ``std`` (see the module docstring); resets a fixed support."""
-        factor_std = (std * std / self.nonzeros) ** 0.25
-        with torch.no_grad():
-            nn.init.normal_(self.D, mean=0.0, std=factor_std)
-            nn.init.normal_(self.S_latent)
-            kept = self.S_latent[top_s_mask(self.S_latent, self.nonzeros)]
-            self.S_latent.mul_(factor_std / kept.pow(2).mean().sqrt())
-            if self.bias is not None:
-                self.bias.zero_()
+        super().init_normal_(std)
         self.reset_support_()
 
     def reset_support_(self) -> None:
@@ -170,6 +170,9 @@ class DenseSparseLinear(nn.Module):
             return self.S_latent + (hard - self.S_latent).detach()
         return hard
 
+    def right_factor(self) -> torch.Tensor:
+        return self.sparse_factor()
+
     def effective_weight(self) -> torch.Tensor:
         """The dense (out, in) matrix ``D S`` this layer applies."""
         return self.D @ (self.S_latent * self.support_mask())
@@ -183,13 +186,6 @@ class DenseSparseLinear(nn.Module):
         """Bits to store the support: ``ceil(log2 k)`` per non-zero (0 when k = 1)."""
         return self.in_features * self.nonzeros * math.ceil(math.log2(self.basis))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x @ self.sparse_factor().T  # (..., k)
-        return nn.functional.linear(h, self.D, self.bias)  # (..., out)
-
     def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"basis={self.basis}, nonzeros={self.nonzeros}, "
-            f"support={'stf' if self.straight_through else 'fixed'}"
-        )
+        support = "stf" if self.straight_through else "fixed"
+        return f"{super().extra_repr()}, basis={self.basis}, nonzeros={self.nonzeros}, support={support}"

@@ -26,13 +26,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ...config import join, param
 from ...errors import ConfigError
 from ...registry import LINEAR
 from .base import LinearConfig
+from .factorized import FactorizedLinear
 
 #: the default fraction of the dense weight count a low-rank layer keeps
 DEFAULT_RATIO = 0.5
@@ -79,45 +79,31 @@ def lowrank_params(in_features: int, out_features: int, rank: int, bias: bool) -
 
 
 @LINEAR.register(LowRankConfig)
-class LowRankLinear(nn.Module):
+class LowRankLinear(FactorizedLinear):
     """``y = (x V^T) U^T + b``; ``U``: (out, rank), ``V``: (rank, in)."""
 
     paper = (
         "Cahyawijaya, 2021, Greenformers: Improving Computation and Memory Efficiency in "
         "Transformer Models via Low-Rank Approximation, arXiv:2108.10808"
     )
-    fusable = False  # q, k and v are factorized one by one
+    factor_names = ("U", "V")
 
     def __init__(self, cfg: LowRankConfig, *, in_features: int, out_features: int, bias: bool):
-        super().__init__()
-        self.config = cfg
-        self.in_features = in_features
-        self.out_features = out_features
-        self.rank = cfg.rank_for(in_features, out_features)
-        self.U = nn.Parameter(torch.empty(out_features, self.rank))
-        self.V = nn.Parameter(torch.empty(self.rank, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        rank = cfg.rank_for(in_features, out_features)
+        super().__init__(cfg, in_features, out_features, rank, bias)
+        self.rank = rank
         self.init_normal_(1.0 / math.sqrt(in_features))
 
-    def init_normal_(self, std: float) -> None:
-        """Factors of std ``(std² / rank)^(1/4)`` each: ``U V`` has entries of std ``std``."""
-        factor_std = (std * std / self.rank) ** 0.25
-        with torch.no_grad():
-            nn.init.normal_(self.U, mean=0.0, std=factor_std)
-            nn.init.normal_(self.V, mean=0.0, std=factor_std)
-            if self.bias is not None:
-                self.bias.zero_()
+    @property
+    def products(self) -> int:
+        return self.rank  # an entry of U V sums rank products
 
-    def effective_weight(self) -> torch.Tensor:
-        """The dense (out, in) matrix ``U V`` this layer applies."""
-        return self.U @ self.V
+    def init_factors_(self, std: float) -> None:
+        nn.init.normal_(self.U, mean=0.0, std=std)
+        nn.init.normal_(self.V, mean=0.0, std=std)
 
     def num_parameters(self) -> int:
         return lowrank_params(self.in_features, self.out_features, self.rank, self.bias is not None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x @ self.V.T  # (..., rank)
-        return nn.functional.linear(h, self.U, self.bias)  # (..., out)
-
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+        return f"{super().extra_repr()}, rank={self.rank}"
