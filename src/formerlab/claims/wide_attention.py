@@ -49,6 +49,16 @@ is task (a) of the pre-registration, which the first version left out. The first
 tasks (seed 0) gave +1.10 for the claim and +1.10 for the control (ListOps: deep 26.6 %, wide
 27.1 %, narrow 26.7 %, majority class 12.6 %), so the control still does not fail.
 
+Two ways out were tried on the deep (reference) arm alone, seed 100, never with the wide or narrow
+arms, and neither was adopted. (1) Longer training: deep 4 x 4 on topics plateaus at 31-32 % from
+1,750 to 2,750 steps while its training loss keeps falling (2.93 -> 1.54: overfitting 3,824 texts),
+and on mini-ListOps at 27-29 % up to 3,000 steps, so a larger budget does not let depth pay off.
+(2) A task where one layer needs many heads: :mod:`formerlab.tasks.keywords` (which keyword occurs
+intact among near-misses; counting 5-position matches scores 82 %, an exact 9-symbol check 100 %).
+The deep model stays at 68-72 % from 250 to 3,000 steps (6 strings in 64 tokens; learned or rotary
+positions, lr 1e-3) and at 62-64 % with 14 strings in 128 tokens (lr 1e-3 or 3e-3), below what
+the 5-position statistic gives: it does not learn the task, so the task cannot judge width.
+
 Differences from the paper: fortunes topics instead of IMDb and mini-ListOps of fewer than 64 tokens
 instead of LRA's 500..2000; no other tasks; one attention type (softmax) instead of 10; 64-wide
 models trained 400 / 200 steps (quick, topics / ListOps) or 1,200 / 600 (full). Latency is

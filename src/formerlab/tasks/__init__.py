@@ -4,6 +4,7 @@
 - ``text_lm``: your own files (glob patterns).
 - ``copy``: a synthetic copy task for fast tests.
 - ``far_match``: do two marked tokens in different groups match (FIT's long-range proxy).
+- ``keywords``: which keyword occurs intact among near-misses (needs many heads in one layer).
 - ``listops``, ``pathfinder``: Long Range Arena-style sequence classification (generated, cached).
 - ``text_classification``, ``image_sequence``: real fortunes texts (by language or topic) and
   real images (Fashion-MNIST, digits) as LRA Text / Image-style classification (cached).
@@ -18,6 +19,7 @@ from .code_lm import CodeLMConfig, CodeLMTask, stdlib_files
 from .copy import CopyTask, CopyTaskConfig
 from .far_match import FarMatchConfig, FarMatchTask
 from .image_sequence import ImageSequenceConfig, ImageSequenceTask
+from .keywords import KeywordsConfig, KeywordsTask
 from .listops import ListOpsConfig, ListOpsTask
 from .lm import LMTask, LMTaskConfig
 from .pathfinder import PathfinderConfig, PathfinderTask
@@ -36,6 +38,8 @@ __all__ = [
     "FarMatchTask",
     "ImageSequenceConfig",
     "ImageSequenceTask",
+    "KeywordsConfig",
+    "KeywordsTask",
     "LMTask",
     "LMTaskConfig",
     "ListOpsConfig",
