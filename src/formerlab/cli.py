@@ -344,6 +344,26 @@ def claims_run(
         raise typer.Exit(1)
 
 
+@claims_app.command("report")
+def claims_report(
+    results: Annotated[Path, typer.Option(help="Where `claims run` wrote its JSON.")] = Path(
+        "runs/claims"
+    ),
+    out: Annotated[
+        Path | None, typer.Option(help="HTML file to write [default: RESULTS/report.html].")
+    ] = None,
+) -> None:
+    """One HTML page with a card per paper: the claim, the paper's number beside ours, the negative
+    control, every seed's value, the criterion and the command that reproduces it.
+
+    Example: formerlab claims run lra primer && formerlab claims report
+    """
+    from .report.claims import write_claims_report
+
+    path = write_claims_report(results, out if out is not None else results / "report.html")
+    console.print(f"report: {path}")
+
+
 # -- bench --------------------------------------------------------------------------------------
 
 

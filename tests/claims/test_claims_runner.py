@@ -358,3 +358,55 @@ def test_unusable_out_dir_rejected_before_compute(register, tmp_path):
     with pytest.raises(ConfigError, match="out_dir: invalid value .*allowed: a writable folder"):
         run_claim(key, out_dir=blocker / "results")
     assert _Paper.calls == []
+
+
+# -- the HTML report -----------------------------------------------------------------------------
+
+
+def test_report_has_a_card_per_check_with_numbers_seeds_plot_and_command(register, tmp_path):
+    from formerlab.report.claims import claims_cards, write_claims_report
+
+    ran = [register("pass"), register("fail"), register("broken"), register("inconclusive")]
+    results = {key: run_claim(key, "quick", out_dir=tmp_path) for key in ran}
+    out = write_claims_report(tmp_path, tmp_path / "site" / "report.html")
+    html = out.read_text()
+    cards = {card["key"]: card for card in claims_cards(tmp_path)}
+    assert set(CLAIM.names()) <= set(cards)  # every registered check, run or not
+    for key, result in results.items():
+        card = cards[key]
+        assert card["status"] == result["status"] and f'id="{key}"' in html
+        assert f"formerlab claims run {key} --budget quick" in html
+        assert len(card["seeds"]) == len(result["seeds"]) == 2
+    # the numbers beside each other: ours and the control's mean, per seed values, the plot
+    fail = results["test_sample_mean"]
+    control = statistics.fmean(row["control"] for row in fail["seeds"])
+    assert cards["test_sample_mean"]["ours"] == f"{fail['ours']:.4g}"
+    assert cards["test_sample_mean"]["control"] == f"{control:.4g}"
+    assert cards["test_sample_mean"]["plot"] and cards["test_too_small"]["plot"]
+    assert html.count("data:image/png;base64,") == sum(bool(c["plot"]) for c in cards.values())
+    assert "100 samples: standard error 0.1 exceeds the threshold" in html  # inconclusive reason
+    assert "max deviation &lt; 1e-12" in html  # escaped criterion text
+    unrun = [c for k, c in cards.items() if k not in results]
+    assert unrun and all(c["status"] == "not run" and not c["plot"] for c in unrun)
+
+
+def test_report_refuses_a_broken_result_file_before_writing(tmp_path):
+    from formerlab.errors import DataError
+    from formerlab.report.claims import write_claims_report
+
+    (tmp_path / "lra.json").write_text('{"key": "lra", "status": "pass"}')
+    with pytest.raises(DataError, match=r"lra\.json: lacks ours, seeds, env"):
+        write_claims_report(tmp_path, tmp_path / "report.html")
+    (tmp_path / "lra.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"lra\.json: not a readable claim result"):
+        write_claims_report(tmp_path, tmp_path / "report.html")
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_report_without_results_lists_every_check_as_not_run(tmp_path):
+    from formerlab.report.claims import write_claims_report
+
+    html = write_claims_report(tmp_path / "absent", tmp_path / "r.html").read_text()
+    for key in CLAIM.names():
+        assert f'id="{key}"' in html
+    assert "data:image/png" not in html and f"{len(CLAIM.names())} not run" in html

@@ -16,6 +16,7 @@ COMMANDS = [
     ["info"],
     ["claims", "list"],
     ["claims", "run"],
+    ["claims", "report"],
     ["bench", "speed"],
     ["bench", "attention"],
     ["demo"],
@@ -46,6 +47,19 @@ def test_errors_are_one_line_with_exit_code_2(capsys) -> None:
     assert "Traceback" not in err
     with pytest.raises(Exception, match="batchnorm"):
         main(["--debug", "info", "norm", "batchnorm"])
+
+
+def test_claims_report_writes_the_page_and_names_bad_results(tmp_path, capsys) -> None:
+    assert main(["claims", "report", "--results", str(tmp_path)]) == 0
+    assert "report:" in capsys.readouterr().out
+    assert 'id="lra"' in (tmp_path / "report.html").read_text()
+    (tmp_path / "lra.json").write_text("[]")
+    assert (
+        main(["claims", "report", "--results", str(tmp_path), "--out", str(tmp_path / "x.html")])
+        == 2
+    )
+    assert "lra.json: lacks key, status, ours, seeds, env" in capsys.readouterr().err
+    assert not (tmp_path / "x.html").exists()
 
 
 @pytest.fixture
