@@ -323,7 +323,9 @@ def claims_list(
 
 @claims_app.command("run")
 def claims_run(
-    names: Annotated[list[str], typer.Argument(help="Claim keys (see `formerlab claims list`).")],
+    names: Annotated[
+        list[str], typer.Argument(help="Claim keys (see `formerlab claims list`), or `all`.")
+    ],
     budget: Annotated[
         str, typer.Option(help="quick (<= 3 min each) or full (<= 15 min).")
     ] = "quick",
@@ -336,8 +338,10 @@ def claims_run(
     Example: formerlab claims run lra --budget quick
     """
     from .claims import run_claims
+    from .registry import CLAIM
 
-    results = run_claims(names, budget, out, log=lambda m: console.print(m))
+    keys = CLAIM.names() if names == ["all"] else names
+    results = run_claims(keys, budget, out, log=lambda m: console.print(m))
     cols = ["key", "status", "ours", "paper_value", "passed", "control_passed", "seconds"]
     console.print(_table("claim results", results, cols))
     if any(r["status"] == "broken" for r in results):

@@ -62,6 +62,23 @@ def test_claims_report_writes_the_page_and_names_bad_results(tmp_path, capsys) -
     assert not (tmp_path / "x.html").exists()
 
 
+def test_claims_run_all_means_every_registered_check(monkeypatch, capsys) -> None:
+    import formerlab.claims
+    from formerlab.registry import CLAIM
+
+    seen = []
+
+    def fake_run(keys, budget, out, log=None):
+        seen.append((list(keys), budget))
+        return [{"key": k, "status": "pass", "ours": 0.0, "paper_value": "", "passed": True,
+                 "control_passed": False, "seconds": 0.0} for k in keys]  # fmt: skip
+
+    monkeypatch.setattr(formerlab.claims, "run_claims", fake_run)
+    assert main(["claims", "run", "all", "--budget", "full"]) == 0
+    assert seen == [(CLAIM.names(), "full")] and len(seen[0][0]) >= 15
+    assert main(["claims", "run", "lra"]) == 0 and seen[-1] == (["lra"], "quick")
+
+
 @pytest.fixture
 def text_run(tmp_path):
     corpus = tmp_path / "data"
