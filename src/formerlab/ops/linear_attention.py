@@ -13,6 +13,14 @@ arXiv:2009.14794), whose exponentials can overflow. Each key ``j`` is then expon
 product is re-expressed relative to the query's own ``s_i`` by the factor ``exp(s_j - s_i) <= 1``. The
 factors cancel between numerator and denominator, so the result equals the unstabilised formula. With
 plain features every shift is 0 and every factor exactly 1, so both cases share one code path.
+
+A whole sequence (training, a prompt) runs chunk-parallel, with no Python loop over chunks: every
+chunk's key sums ``K_c^T [V_c | 1]`` at once, their prefix sums over chunks as the state each chunk
+starts from, and one batched masked ``C x C`` product for the insides of all chunks. With log-keys
+the shifts come from one ``cummax`` over the sequence, and chunk ``c'``'s sums reach a later chunk
+scaled by ``exp(e_c' - e_c) <= 1`` (``e``: the shift at a chunk's end), summed blockwise
+(:func:`_decayed_cumsum`) so nothing overflows. Decoding and inputs of at most one chunk take the
+sequential loop (:func:`sequential_causal_linear_attention`), the parallel form's reference twin.
 """
 
 from __future__ import annotations
@@ -22,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
+
+from .heads import BLOCK_BYTES
 
 
 @dataclass
@@ -105,7 +115,35 @@ def causal_linear_attention(
     ``log_keys``; a masked key is 0, or ``-inf`` as a log), ``v`` (B, H, T, d). The queries and keys
     of this call share positions and follow the ones summarised in ``state``.
     Returns ``(B, H, T, d)`` outputs and the state after the last key.
+
+    Up to one chunk (decoding, short prompts) runs :func:`sequential_causal_linear_attention`; longer
+    inputs the chunk-parallel form, on segments of at most :func:`segment_chunks` chunks.
     """
+    B, H, length, m = kf.shape
+    if state is None:
+        state = empty_state(B, H, m, v.size(-1), log_keys=log_keys, like=v)
+    if length <= chunk_size:
+        return _causal_chunk(qf, kf, v, state, log_keys)
+    span = chunk_size * segment_chunks(B, H, m, v.size(-1), chunk_size, v.element_size())
+    outs = []
+    for q_s, k_s, v_s in zip(*(t.split(span, dim=2) for t in (qf, kf, v)), strict=True):
+        out, state = _parallel_chunks(q_s, k_s, v_s, state, chunk_size, log_keys)
+        outs.append(out)
+    return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)), state
+
+
+def sequential_causal_linear_attention(
+    qf: torch.Tensor,
+    kf: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    state: PrefixState | None = None,
+    chunk_size: int = 64,
+    log_keys: bool = False,
+) -> tuple[torch.Tensor, PrefixState]:
+    """The same as :func:`causal_linear_attention`, one chunk after another in a Python loop.
+
+    The chunk-parallel form's reference twin (and its path for a single chunk)."""
     B, H, _, m = kf.shape
     if state is None:
         state = empty_state(B, H, m, v.size(-1), log_keys=log_keys, like=v)
@@ -115,6 +153,93 @@ def causal_linear_attention(
         out, state = _causal_chunk(q_c, k_c, v_c, state, log_keys)
         outs.append(out)
     return torch.cat(outs, dim=2), state
+
+
+def segment_chunks(
+    batch: int, heads: int, features: int, dim: int, chunk_size: int, itemsize: int
+) -> int:
+    """Chunks per segment of the parallel form, so that its largest temporaries, the per-chunk
+    sums ``(B, H, N, m, d + 1)`` and the ``C x C`` scores, stay within
+    :data:`~formerlab.ops.heads.BLOCK_BYTES` each (at least one chunk)."""
+    per_chunk = batch * heads * itemsize * max(features * (dim + 1), chunk_size * chunk_size)
+    return max(1, BLOCK_BYTES // per_chunk)
+
+
+def _parallel_chunks(qf, kf, v, state: PrefixState, C: int, log_keys: bool):
+    """All chunks at once: per-chunk key sums, their (decayed) prefix sums over chunks as each
+    chunk's carried state, and one batched masked ``C x C`` product for the chunks' insides.
+
+    Values get a column of ones, so one product gives numerator and denominator together (sums
+    ``[S | z]`` of width ``d + 1``); it also spares matrix-vector products, slow on CPU."""
+    B, H, T, m = kf.shape
+    d = v.size(-1)
+    N = -(-T // C)
+    pad = N * C - T
+    keys, shift = _shifted_keys(kf, state.shift, log_keys)  # (B, H, T, m), (B, H, T)
+    q_c, k_c = (  # padded queries are dropped at the end; padded keys are 0: they add nothing
+        (F.pad(t, (0, 0, 0, pad)) if pad else t).reshape(B, H, N, C, m) for t in (qf, keys)
+    )
+    v_c = F.pad(v, (0, 1, 0, pad), value=1.0).view(B, H, N, C, d + 1)  # [v | 1]
+    lower = torch.ones(C, C, dtype=torch.bool, device=kf.device).tril()
+    scores = q_c @ k_c.transpose(-1, -2)  # (B, H, N, C, C): query i, key j of the same chunk
+    incoming = torch.cat([state.kv, state.k[..., None]], dim=-1)[:, :, None]  # (B, H, 1, m, d + 1)
+    if log_keys:
+        s_c = torch.cat([shift, shift[..., -1:].expand(B, H, pad)], dim=-1).view(B, H, N, C)
+        ends = torch.cat([state.shift[..., None], s_c[..., -1]], dim=-1)  # (B, H, N + 1)
+        gap = _log_ratio(s_c[..., None, :], s_c[..., :, None]).masked_fill(~lower, -math.inf)
+        scores = scores * gap.exp()
+        to_end = _log_ratio(s_c, ends[..., 1:, None]).exp()[..., None]  # (B, H, N, C, 1)
+        sums = (k_c * to_end).transpose(-1, -2) @ v_c  # (B, H, N, m, d + 1), at each chunk's end
+        stacked = torch.cat([incoming, sums], dim=2)  # (B, H, N + 1, m, d + 1)
+        prefix = _decayed_cumsum(stacked.flatten(3), ends).view(stacked.shape)
+    else:
+        scores = scores.masked_fill(~lower, 0.0)
+        sums = k_c.transpose(-1, -2) @ v_c  # (B, H, N, m, d + 1)
+        prefix = torch.cat([incoming, sums], dim=2).cumsum(dim=2)  # state after each chunk
+    carried, final = prefix.split([N, 1], dim=2)  # split, not slices: one cheap backward
+    inter = q_c @ carried  # (B, H, N, C, d + 1)
+    if log_keys:  # the carried sums are relative to the previous chunk's end shift
+        inter = inter * _log_ratio(ends[..., :-1, None], s_c).exp()[..., None]
+    num, den = (scores @ v_c + inter).view(B, H, N * C, d + 1).split([d, 1], dim=-1)
+    y = _divide(num, den)
+    if pad:
+        y = y.split([T, pad], dim=2)[0]
+    kv, k = final.squeeze(2).split([d, 1], dim=-1)
+    last = ends[..., -1] if log_keys else state.shift
+    own = dict(memory_format=torch.contiguous_format)  # copies: a cache must not pin ``prefix``
+    return y, PrefixState(kv.clone(**own), k.squeeze(-1).clone(**own), last.clone(**own))
+
+
+def _decayed_cumsum(x: torch.Tensor, ref: torch.Tensor, block: int = 16) -> torch.Tensor:
+    """``out_n = sum_{n' <= n} exp(ref_n' - ref_n) x_n'`` along dim 2 of ``x`` (B, H, N, F), for a
+    non-decreasing ``ref`` (B, H, N): every factor <= 1, so nothing overflows.
+
+    Up to ``block`` entries this is one lower-triangular ``N x N`` factor matrix times ``x``; longer
+    runs go by blocks: that product inside each block, then the same sum (recursively) over the
+    blocks' totals, carried into each block scaled by one more factor <= 1 (``O(N * block)``
+    work instead of ``O(N^2)``, and no strided scan along dim 2, which is slow on CPU)."""
+    B, H, N, width = x.shape
+    if x.size(2) <= block:
+        tri = torch.ones(N, N, dtype=torch.bool, device=x.device).tril()
+        factors = _log_ratio(ref[..., None, :], ref[..., :, None]).masked_fill(~tri, -math.inf)
+        return factors.exp() @ x
+    M = -(-N // block)
+    pad = M * block - N
+    x_b = F.pad(x, (0, 0, 0, pad)).view(B, H, M, block, width)  # zero entries add nothing
+    ref_b = torch.cat([ref, ref[..., -1:].expand(B, H, pad)], dim=-1).view(B, H, M, block)
+    tri = torch.ones(block, block, dtype=torch.bool, device=x.device).tril()
+    factors = _log_ratio(ref_b[..., None, :], ref_b[..., :, None]).masked_fill(~tri, -math.inf)
+    factors = factors.exp()  # (B, H, M, block, block)
+    inside = factors @ x_b  # (B, H, M, block, F): sums within each block
+    ends = ref_b[..., -1]  # (B, H, M)
+    block_sums = (factors[..., -1:, :] @ x_b).squeeze(3)  # inside's last rows, (B, H, M, F)
+    totals = _decayed_cumsum(block_sums, ends, block)  # through each block's end
+    carry = F.pad(totals, (0, 0, 1, -1))  # into block b: the total through block b - 1
+    before = _log_ratio(F.pad(ends, (1, -1), value=-math.inf)[..., None], ref_b).exp()
+    flat = (-1, block, width)  # out = inside + before (x) carry, one fused product per block
+    out = torch.baddbmm(inside.view(flat), before.view(-1, block, 1), carry.view(-1, 1, width))
+    out = out.view(B, H, M * block, width)
+    return out.split([N, pad], dim=2)[0] if pad else out
 
 
 def _causal_chunk(qf, kf, v, state: PrefixState, log_keys: bool):
