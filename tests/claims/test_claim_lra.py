@@ -126,7 +126,7 @@ def test_accuracy_gap_of_another_class(tiny_task):
 def test_train_model_updates_parameters(monkeypatch, tiny_task):
     monkeypatch.setitem(lra.LISTOPS_TINY, "train", TINY_TRAIN)
     run = lra.listops_run(3, 0)
-    model = lra._build_model(run)
+    model = lra.seeded_model(run)
     before = [p.detach().clone() for p in model.parameters()]
     seen = []
     lra.train_model(run, tiny_task, model, seen.append)

@@ -52,7 +52,7 @@ from ..errors import ClaimError
 from ..registry import CLAIM
 from ..tasks.base import batch_generator
 from ..train import TrainConfig
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 from .lra import train_model
 
 #: cells per sequence, values per cell (0 = empty), probability that a cell holds a value
@@ -192,11 +192,7 @@ class AlgoFormerClaim(ClaimCheck):
         return bool(value >= 0.0)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'algoformer': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         arm = "algoformer" if variant == "claim" else "control"
         looped, looped_params = self._train_arm(arm, budget, seed)
         standard, standard_params = self._standard(budget, seed)

@@ -30,6 +30,7 @@ before any result is seen. A check that cannot show the claim at small scale rai
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -107,6 +108,16 @@ class ClaimCheck:
     def measure(self, variant: str, budget: str, seed: int) -> float:
         """Measure the metric for ``variant`` ("claim" | "control") at ``budget`` with ``seed``."""
         raise NotImplementedError
+
+    def check_measure_args(self, variant: str, budget: str, budgets: Iterable[str]) -> None:
+        """ClaimError (before any compute) unless ``variant`` is one of :data:`VARIANTS` and
+        ``budget`` one of ``budgets`` (the keys of the check's per-budget settings)."""
+        budgets = list(budgets)
+        if variant not in VARIANTS or budget not in budgets:
+            raise ClaimError(
+                f"claim {self.key!r}: measure({variant!r}, {budget!r}); allowed variants: "
+                f"{', '.join(VARIANTS)}; budgets: {', '.join(budgets)}"
+            )
 
     def seeds_for(self, budget: str) -> list[int]:
         """The seeds of ``budget``; ClaimError if the check does not declare a non-empty list."""

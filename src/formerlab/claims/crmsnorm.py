@@ -39,10 +39,9 @@ from typing import ClassVar
 import torch
 
 from ..bench.speed import SpeedProtocol, Subject, measure
-from ..errors import ClaimError
 from ..registry import CLAIM
 from ..transforms.norm_conversion import convert_pre_ln
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +144,7 @@ class CRMSNormClaim(ClaimCheck):
         return bool(value >= MIN_RATIO)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in REPEATS:
-            raise ClaimError(
-                f"claim 'crmsnorm': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(REPEATS)}"
-            )
+        self.check_measure_args(variant, budget, REPEATS)
         model = pre_ln_model(seed)
         exact = copy.deepcopy(model).double()  # the identity is checked in float64
         skip = CONTROL_SKIP if variant == "control" else None

@@ -80,9 +80,9 @@ from ..layers.linear import DenseSparseLinear
 from ..layers.linear.lowrank import ratio_rank
 from ..registry import CLAIM
 from ..run_config import RunConfig, load_config
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 from .lm_proxy import CODE_LM_PROXY, load_task, mean_loss, val_batches
-from .lra import train_model
+from .lra import seeded_model, train_model
 
 #: the criterion: acc(stf) - max(acc(lowrank), acc(fixed)) in points, at least this (mean of seeds)
 MIN_GAIN = 1.0
@@ -202,12 +202,9 @@ def next_byte_accuracy(model: torch.nn.Module, batches: list[dict[str, torch.Ten
 def pretrain(budget: str, seed: int) -> dict[str, Any]:
     """Dense pretraining of one seed: the task, the model, its val accuracy and loss (bits/byte),
     the training split's unigram entropy and the dense values of the projections."""
-    import formerlab
-
     run = lm_run(STEPS[budget]["dense"], seed, DENSE_LR)
     task = load_task(run, seed)
-    torch.manual_seed(seed)
-    dense = formerlab.build_model(run.model)
+    dense = seeded_model(run)
     train_model(run, task, dense)
     batches = val_batches(task, run.train.batch_size)
     return {
@@ -304,11 +301,7 @@ class DSFormerClaim(ClaimCheck):
         return bool(value >= MIN_GAIN)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'dsformer': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         base = self._baselines(budget, seed)
         arm = "stf" if variant == "claim" else "stf_no_straight_through"
         acc, sizes = self._finetune(base, arm, budget, seed)

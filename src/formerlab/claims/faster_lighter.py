@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 from ..errors import ClaimError
 from ..registry import CLAIM
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 
 log = logging.getLogger(__name__)
 
@@ -159,11 +159,7 @@ class FasterLighterClaim(ClaimCheck):
         return bool(value <= MAX_LINEAR_SLOPE)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in LENGTHS:
-            raise ClaimError(
-                f"claim 'faster_lighter': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(LENGTHS)}"
-            )
+        self.check_measure_args(variant, budget, LENGTHS)
         if variant == "claim":
             efficient = list(EFFICIENT)
             fits = slopes(benchmark([REFERENCE, *efficient], budget, seed))

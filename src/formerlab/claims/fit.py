@@ -52,14 +52,11 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-
-from ..errors import ClaimError
 from ..models.fit import FITConfig, attention_flops, full_attention_flops
-from ..registry import CLAIM, TASK
+from ..registry import CLAIM
 from ..run_config import RunConfig, load_config
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
-from .lra import train_model
+from .base import ClaimCheck, ClaimConfig, Inconclusive
+from .lra import load_task, train_scored
 
 #: the tested arm must reach at least max(full - FULL_MARGIN, MIN_ACCURACY) percent
 FULL_MARGIN = 5.0
@@ -195,11 +192,7 @@ class FITClaim(ClaimCheck):
         return bool(value >= 0.0)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'fit': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         steps = STEPS[budget]
         full, _ = self._accuracy("full", steps, seed)
         local, _ = self._accuracy("local", steps, seed)
@@ -258,22 +251,10 @@ class FITClaim(ClaimCheck):
 
 def train_arm(run: RunConfig) -> tuple[float, float]:
     """Train ``run``'s model on far-match; (final, at 3/4 of the steps) val accuracy in percent."""
-    import formerlab
-
-    task = TASK.entry(run.task.kind, "task.kind").impl(run.task, seed=run.train.seed)
-    task.check_model(run.model, "model")
-    torch.manual_seed(run.train.seed)
-    model = formerlab.build_model(run.model)
-    checkpoint = (3 * run.train.steps) // 4
-    seen: dict[str, float] = {}
-
-    def on_step(step: int) -> None:
-        if step == checkpoint:
-            seen["late"] = 100.0 * task.evaluate(model, EVAL_BATCH)["accuracy"]
-            model.train()
-
-    train_model(run, task, model, on_step)
-    return 100.0 * task.evaluate(model, EVAL_BATCH)["accuracy"], seen.get("late", math.nan)
+    task = load_task(run, run.train.seed)
+    return train_scored(
+        run, task, lambda model: 100.0 * task.evaluate(model, EVAL_BATCH)["accuracy"]
+    )
 
 
 def cost_curve(model: Any) -> list[dict[str, float]]:

@@ -55,11 +55,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ClaimError
-from ..registry import CLAIM, TASK
+from ..registry import CLAIM
 from ..run_config import RunConfig, load_config
-from .base import VARIANTS, ClaimCheck, ClaimConfig
-from .lra import train_model
+from .base import ClaimCheck, ClaimConfig
+from .lra import load_task, train_new_model
 from .wide_attention import NUM_TOPICS, TASK_CONFIG, TRAIN_CONFIG, paired_latency
 
 #: LRT may be this many points less accurate than the dense model
@@ -193,11 +192,7 @@ class GreenformersClaim(ClaimCheck):
         return bool(value >= 0.0)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'greenformers': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         times = self._latencies(seed)
         dense_acc, dense_weights = self._accuracy(None, budget, seed)
         acc, weights = self._accuracy(RANKS[variant], budget, seed)
@@ -241,17 +236,11 @@ class GreenformersClaim(ClaimCheck):
 
     def _accuracy(self, rank: int | None, budget: str, seed: int) -> tuple[float, int]:
         """Validation accuracy (points) and linear weights of the arm (cached per budget, seed)."""
-        import formerlab
-
         cache = self.__dict__.setdefault("_arms", {})
         if (rank, budget, seed) not in cache:
             run = accuracy_run(rank, STEPS[budget], seed)
-            task = TASK.entry(run.task.kind, "task.kind").impl(run.task, seed=seed)
-            task.check_model(run.model, "model")
-            torch.manual_seed(seed)
-            model = formerlab.build_model(run.model)
-            train_model(run, task, model)
-            model.eval()
+            task = load_task(run, seed)
+            model = train_new_model(run, task).eval()
             accuracy = 100.0 * task.evaluate(model, run.train.batch_size, "val")["accuracy"]
             cache[rank, budget, seed] = accuracy, linear_weights(model)
         return cache[rank, budget, seed]

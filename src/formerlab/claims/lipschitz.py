@@ -89,7 +89,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ClaimError, DataError
+from ..errors import DataError
 from ..layers.linear import LipschitzConfig, LipschitzLinear
 from ..lipschitz_bound import GELU_LIPSCHITZ, Residual, lipschitz_bound
 from ..models import build_model
@@ -99,7 +99,7 @@ from ..tasks.image_sequence import DIGITS_FILE, digits_folder, read_digits
 from ..threads import torch_threads
 from ..train import build_optimizer, build_schedule
 from ..train.trainer import after_optimizer_step
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 from .lm_proxy import load_task
 
 #: criterion: Muon accuracy minus AdamW accuracy (points), mean over seeds, at least this
@@ -523,11 +523,7 @@ class LipschitzClaim(ClaimCheck):
         return bool(value >= MIN_GAIN)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'lipschitz': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         project = variant == "claim"
         # tiny matrices: one thread is fastest and immune to oversubscription
         with torch_threads(1):

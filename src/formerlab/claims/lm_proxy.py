@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from ..registry import TASK
 from ..run_config import RunConfig, load_config
-from .lra import train_model
+from .lra import load_task as load_task  # re-exported: the checks of this proxy use it
+from .lra import train_new_model
 
 #: the shared set-up; ``proxy_run`` replaces the attention, the activation, the steps and the seed
 CODE_LM_PROXY: dict[str, Any] = {
@@ -67,22 +67,10 @@ def proxy_run(
     return load_config(data)
 
 
-def load_task(run: RunConfig, seed: int) -> Any:
-    """The run's task with data seed ``seed`` (checked against the model before any training)."""
-    task = TASK.entry(run.task.kind, "task.kind").impl(run.task, seed=seed)
-    task.check_model(run.model, "model")
-    return task
-
-
 def train_lm(run: RunConfig, task: Any) -> torch.nn.Module:
-    """Build the model with ``torch.manual_seed(run.train.seed)`` and train it for the run's steps."""
-    import formerlab
-
-    torch.manual_seed(run.train.seed)
-    model = formerlab.build_model(run.model)
-    train_model(run, task, model)
-    model.eval()
-    return model
+    """Build the model with ``torch.manual_seed(run.train.seed)`` and train it for the run's steps
+    (returned in eval mode)."""
+    return train_new_model(run, task).eval()
 
 
 def val_batches(task: Any, batch_size: int) -> list[dict[str, torch.Tensor]]:

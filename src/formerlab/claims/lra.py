@@ -31,18 +31,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..errors import ClaimError
 from ..layers.aux import collect_aux
 from ..registry import CLAIM, TASK
 from ..run_config import RunConfig, load_config
 from ..train import build_optimizer, build_schedule
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 
 #: the criterion: validation accuracy minus the majority baseline, in points, at least this
 MIN_GAP = 15.0
@@ -110,6 +110,48 @@ def local_run(run: RunConfig) -> RunConfig:
     """``run`` with local attention of window :data:`LOCAL_WINDOW` (everything else equal)."""
     attention = {"kind": "local", "window": LOCAL_WINDOW}
     return load_config({**run.to_dict(), "model": {**run.model.to_dict(), "attention": attention}})
+
+
+def load_task(run: RunConfig, seed: int) -> Any:
+    """The run's task with data seed ``seed`` (checked against the model before any training)."""
+    task = TASK.entry(run.task.kind, "task.kind").impl(run.task, seed=seed)
+    task.check_model(run.model, "model")
+    return task
+
+
+def seeded_model(run: RunConfig) -> torch.nn.Module:
+    """The run's model, built right after ``torch.manual_seed(run.train.seed)``."""
+    import formerlab
+
+    torch.manual_seed(run.train.seed)
+    return formerlab.build_model(run.model)
+
+
+def train_new_model(run: RunConfig, task: Any) -> torch.nn.Module:
+    """A :func:`seeded_model` of ``run`` trained on ``task`` by :func:`train_model` (left in
+    training mode)."""
+    model = seeded_model(run)
+    train_model(run, task, model)
+    return model
+
+
+def train_scored(
+    run: RunConfig, task: Any, score: Callable[[torch.nn.Module], float]
+) -> tuple[float, float]:
+    """Train a :func:`seeded_model` of ``run`` on ``task``; (``score(model)`` after the last step,
+    ``score(model)`` after 3/4 of the steps, NaN if that step is never reached). Training goes on
+    in training mode after the 3/4 score."""
+    model = seeded_model(run)
+    checkpoint = (3 * run.train.steps) // 4
+    seen: dict[str, float] = {}
+
+    def on_step(step: int) -> None:
+        if step == checkpoint:
+            seen["late"] = score(model)
+            model.train()
+
+    train_model(run, task, model, on_step)
+    return score(model), seen.get("late", math.nan)
 
 
 def train_model(run: RunConfig, task: Any, model: torch.nn.Module, on_step: Any = None) -> None:
@@ -180,11 +222,7 @@ class LRAClaim(ClaimCheck):
         return bool(value >= MIN_GAP)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'lra': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         run = listops_run(STEPS[budget], seed)
         full_gap, late_gap = self._train_arm(run, seed, shuffle=variant == "control")
         local_gap = self._local_gap(run, budget, seed)
@@ -216,25 +254,9 @@ class LRAClaim(ClaimCheck):
 
     def _train_arm(self, run: RunConfig, seed: int, *, shuffle: bool) -> tuple[float, float]:
         """Train ``run``; (final gap, gap at 3/4 of the steps) over the majority class, in points."""
-        task = TASK.entry(run.task.kind, "task.kind").impl(run.task, seed=seed)
-        task.check_model(run.model, "model")
+        task = load_task(run, seed)
         if shuffle:
             shuffle_train_labels(task, seed)
-        model = _build_model(run)
-        checkpoint = (3 * run.train.steps) // 4
-        seen: dict[str, float] = {}
-
-        def on_step(step: int) -> None:
-            if step == checkpoint:
-                seen["late"] = accuracy_gap(task, model, run.train.batch_size)
-                model.train()
-
-        train_model(run, task, model, on_step)
-        return accuracy_gap(task, model, run.train.batch_size), seen.get("late", math.nan)
-
-
-def _build_model(run: RunConfig) -> torch.nn.Module:
-    import formerlab
-
-    torch.manual_seed(run.train.seed)
-    return formerlab.build_model(run.model)
+        return train_scored(
+            run, task, lambda model: accuracy_gap(task, model, run.train.batch_size)
+        )

@@ -33,14 +33,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
-from ..errors import ClaimError
-from ..registry import CLAIM, TASK
+from ..registry import CLAIM
 from ..run_config import RunConfig, load_config
 from . import lra
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 
 #: the criterion: worst excess validation loss over the same-size separately trained model, nats/byte
 TOLERANCE = 0.05
@@ -83,15 +81,9 @@ def make_run(ffn: dict[str, Any], steps: int, seed: int) -> RunConfig:
     )
 
 
-def train_model(run: RunConfig, task: Any) -> nn.Module:
-    """A model built from seed ``run.train.seed`` and trained like the trainer does (schedule,
-    clipping, and the parts' :func:`~formerlab.train.trainer.training_passes`)."""
-    import formerlab
-
-    torch.manual_seed(run.train.seed)
-    model = formerlab.build_model(run.model)
-    lra.train_model(run, task, model)
-    return model
+#: a model built from seed ``run.train.seed`` and trained like the trainer does (schedule,
+#: clipping, and the parts' :func:`~formerlab.train.trainer.training_passes`)
+train_model = lra.train_new_model
 
 
 def val_loss(task: Any, model: nn.Module, batch_size: int) -> float:
@@ -174,14 +166,9 @@ class MatFormerClaim(ClaimCheck):
         return self._trained[key]
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'matformer': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         run = make_run(FULL_FFN, STEPS[budget], seed)
-        task = TASK.entry(run.task.kind, "task.kind").impl(run.task, seed=seed)
-        task.check_model(run.model, "model")
+        task = lra.load_task(run, seed)
         full = self.model("full", budget, seed, task)
         separate = {GRANULARITIES[0]: self.model("small", budget, seed, task), 1.0: full}
         if variant == "claim":

@@ -51,11 +51,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ClaimError
-from ..registry import CLAIM, TASK
+from ..registry import CLAIM
 from ..run_config import RunConfig, load_config
 from ..train import build_optimizer, build_schedule
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
+from .lra import load_task, seeded_model
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,7 @@ def layer_rms(model: torch.nn.Module, input_ids: torch.Tensor) -> list[float]:
 
 def train_arm(run: RunConfig, task: Any) -> Arm:
     """Train one arm, recording grad norms; stop early (loss inf) once the loss is not finite."""
-    import formerlab
-
-    torch.manual_seed(run.train.seed)
-    model = formerlab.build_model(run.model)
+    model = seeded_model(run)
     cfg = run.train
     optimizer = build_optimizer(cfg.optimizer, model)
     schedule = build_schedule(cfg.schedule, cfg.steps)
@@ -256,16 +253,12 @@ class PeriLNClaim(ClaimCheck):
         if key not in self._arms:
             run = run_config(placement, lr, budget, seed)
             if seed not in self._tasks:  # the same data for every arm of a seed
-                self._tasks[seed] = TASK.entry(run.task.kind, "task.kind").impl(run.task, seed=seed)
+                self._tasks[seed] = load_task(run, seed)
             self._arms[key] = train_arm(run, self._tasks[seed])
         return self._arms[key]
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'peri_ln': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         error = increment_rms_error()
         if error > INCREMENT_ATOL:
             self.note(increment_rms_error=error)

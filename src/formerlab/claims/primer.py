@@ -35,9 +35,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..errors import ClaimError
 from ..registry import CLAIM
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 from .lm_proxy import load_task, mean_loss, proxy_run, train_lm, val_batches
 
 log = logging.getLogger(__name__)
@@ -100,11 +99,7 @@ class PrimerClaim(ClaimCheck):
         return bool(value >= MIN_GAIN)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'primer': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         steps = STEPS[budget]
         baseline_run = arm_run(BASELINE, steps, seed)
         task = load_task(baseline_run, seed)

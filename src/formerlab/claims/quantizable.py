@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 from ..errors import ClaimError
 from ..quant import block_outputs, ffn_outputs, outlier_stats, simulated_w8a8
 from ..registry import CLAIM
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 from .lm_proxy import calibration_batches, load_task, mean_loss, proxy_run, train_lm, val_batches
 
 log = logging.getLogger(__name__)
@@ -201,11 +201,7 @@ class QuantizableClaim(ClaimCheck):
         return bool(value >= MIN_MARGIN)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'quantizable': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         steps = STEPS[budget]
         vanilla_run = proxy_run(steps=steps, seed=seed, attention=VANILLA)
         task = load_task(vanilla_run, seed)

@@ -52,11 +52,10 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import ClaimError
 from ..registry import CLAIM
 from ..run_config import RunConfig, load_config
 from . import lm_proxy
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
+from .base import ClaimCheck, ClaimConfig, Inconclusive
 from .lra import train_model
 
 #: the criterion: grown val loss - scratch val loss, nats/byte, at most this (mean over seeds)
@@ -171,11 +170,7 @@ class TokenFormerClaim(ClaimCheck):
         return bool(value <= TOLERANCE)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'tokenformer': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         small, task = self.stage1(budget, seed)
         key_std = 0.0 if variant == "claim" else CONTROL_KEY_STD
         delta = growth_delta(small, task, LARGE_TOKENS - SMALL_TOKENS, key_std)

@@ -47,13 +47,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ClaimError
 from ..layers.aux import take_records
 from ..layers.ffn.moe import MoE
-from ..registry import CLAIM, TASK
+from ..registry import CLAIM
 from ..run_config import RunConfig, load_config
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
-from .lra import train_model
+from .base import ClaimCheck, ClaimConfig, Inconclusive
+from .lra import load_task, train_new_model
 
 #: the criterion: dense val loss minus MoE val loss, in nats, at least this (mean over seeds)
 MIN_GAIN = 0.02
@@ -150,14 +149,8 @@ def evaluate_moe(task: Any, model: torch.nn.Module, batch_size: int) -> tuple[fl
     return loss_sum / n, max(cvs, default=0.0)
 
 
-def train_arm(run: RunConfig, task: Any) -> torch.nn.Module:
-    """Build (seeded by ``run.train.seed``) and train one arm."""
-    import formerlab
-
-    torch.manual_seed(run.train.seed)
-    model = formerlab.build_model(run.model)
-    train_model(run, task, model)
-    return model
+#: build (seeded by ``run.train.seed``) and train one arm
+train_arm = train_new_model
 
 
 @dataclass(kw_only=True)
@@ -206,14 +199,10 @@ class Zaya1Claim(ClaimCheck):
         return bool(value >= MIN_GAIN)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'zaya1': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         steps = STEPS[budget]
         dense_run = zaya1_run(None, steps, seed)
-        task = TASK.entry(dense_run.task.kind, "task.kind").impl(dense_run.task, seed=seed)
+        task = load_task(dense_run, seed)
         batch = dense_run.train.batch_size
         if (budget, seed) not in self._dense:
             self._dense[(budget, seed)] = evaluate_moe(task, train_arm(dense_run, task), batch)[0]
