@@ -45,6 +45,7 @@ from ..config import join, param
 from ..errors import ConfigError
 from ..registry import TASK
 from .base import Task, TaskConfig, batch_generator
+from .classification import check_min
 from .lm import check_positive, check_split
 
 
@@ -62,11 +63,8 @@ class KeywordsConfig(TaskConfig):
 
     def validate(self, path: str = "") -> None:
         check_positive(self, path, ("eval_batches", "strings"))
-        for name, low in (("num_keywords", 2), ("keyword_length", 2), ("num_symbols", 2)):
-            if getattr(self, name) < low:
-                raise ConfigError(
-                    f"{join(path, name)}: invalid value {getattr(self, name)!r}; allowed: >= {low}"
-                )
+        for name in ("num_keywords", "keyword_length", "num_symbols"):
+            check_min(path, name, getattr(self, name), 2)
         if self.keyword_length > self.num_symbols:
             raise ConfigError(
                 f"{join(path, 'keyword_length')}: invalid value {self.keyword_length!r}; allowed: "
