@@ -410,3 +410,16 @@ def test_report_without_results_lists_every_check_as_not_run(tmp_path):
     for key in CLAIM.names():
         assert f'id="{key}"' in html
     assert "data:image/png" not in html and f"{len(CLAIM.names())} not run" in html
+
+
+def test_the_shipped_quick_results_render_and_name_registered_checks(tmp_path):
+    from pathlib import Path
+
+    from formerlab.report.claims import read_results, write_claims_report
+
+    shipped = Path(__file__).parents[2] / "results" / "claims-quick"
+    results = read_results(shipped)
+    assert set(results) == set(CLAIM.names())  # one result per registered check, none stale
+    assert all(r["env"]["budget"] == "quick" for r in results.values())
+    html = write_claims_report(shipped, tmp_path / "r.html").read_text()
+    assert "not run" not in html.split("<table>")[1].split("</table>")[0]
