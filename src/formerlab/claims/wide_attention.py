@@ -80,8 +80,8 @@ from ..errors import ClaimError
 from ..models.presets import preset_dict
 from ..registry import CLAIM, TASK
 from ..run_config import RunConfig, load_config
-from .base import VARIANTS, ClaimCheck, ClaimConfig, Inconclusive
-from .lra import LISTOPS_TINY, train_model
+from .base import ClaimCheck, ClaimConfig, Inconclusive
+from .lra import LISTOPS_TINY, train_new_model
 
 #: the wide model may be this many points less accurate than the deep one
 MAX_ACC_DROP = 1.0
@@ -246,11 +246,7 @@ class WideAttentionClaim(ClaimCheck):
         return bool(value >= 0.0)
 
     def measure(self, variant: str, budget: str, seed: int) -> float:
-        if variant not in VARIANTS or budget not in STEPS:
-            raise ClaimError(
-                f"claim 'wide_attention': measure({variant!r}, {budget!r}); allowed variants: "
-                f"{', '.join(VARIANTS)}; budgets: {', '.join(STEPS)}"
-            )
+        self.check_measure_args(variant, budget, STEPS)
         arm = "wide" if variant == "claim" else "narrow"
         tables = {task: self._compare(task, arm, budget, seed) for task in TASKS}
         found = combine({task: table["margins"] for task, table in tables.items()})
@@ -308,17 +304,13 @@ class WideAttentionClaim(ClaimCheck):
         """``arm`` trained on ``task``, its validation accuracy and the majority-class baseline of
         the same examples, in points (trained once per task, budget and seed: the deep model is
         shared by the claim and its control)."""
-        import formerlab
-
         cache = self.__dict__.setdefault("_trained_arms", {})
         key = (task, arm, budget, seed)
         if key not in cache:
             run = arm_run(arm, task_setup(task)[2][budget], seed, task)
             data = self._task(task, seed)
             data.check_model(run.model, "model")
-            torch.manual_seed(seed)
-            model = formerlab.build_model(run.model)
-            train_model(run, data, model)
+            model = train_new_model(run, data)  # seeded by run.train.seed, i.e. ``seed``
             model.eval()
             metrics = data.evaluate(model, run.train.batch_size, "val")
             accuracy, majority = metrics["accuracy"], metrics["majority_baseline"]
