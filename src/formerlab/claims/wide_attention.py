@@ -50,7 +50,8 @@ tasks (seed 0) gave +1.10 for the claim and +1.10 for the control (ListOps: deep
 27.1 %, narrow 26.7 %, majority class 12.6 %), so the control still does not fail.
 
 Two ways out were tried on the deep (reference) arm alone, seed 100, never with the wide or narrow
-arms, and neither was adopted. (1) Longer training: deep 4 x 4 on topics plateaus at 31-32 % from
+arms, and neither was adopted (``benchmarks/wide_deep_curve.py`` reproduces every figure below, at
+``OMP_NUM_THREADS=1``). (1) Longer training: deep 4 x 4 on topics plateaus at 31-32 % from
 1,750 to 2,750 steps while its training loss keeps falling (2.93 -> 1.54: overfitting 3,824 texts),
 and on mini-ListOps at 27-29 % up to 3,000 steps, so a larger budget does not let depth pay off.
 (2) A task where one layer needs many heads: :mod:`formerlab.tasks.keywords` (which keyword occurs

@@ -23,7 +23,8 @@ Measured (the 4-layer x 4-head, 64-wide ``deep-4x4`` encoder, batch 32, AdamW lr
 68-72 % from 250 to 3,000 steps with 6 strings in 64 tokens (learned or rotary positions), while
 counting 5-position matches scores 82 % and an exact check 100 %; with 14 strings in 128 tokens
 (the defaults) 62-64 % after 1,200 steps, against 72 % and 100 %. Models of this size do not learn
-the whole-keyword check in a CPU budget, which is why the ``wide_attention`` check does not use it.
+the whole-keyword check in a CPU budget, which is why the ``wide_attention`` check does not use it
+(reproduce: ``OMP_NUM_THREADS=1 python benchmarks/wide_deep_curve.py --task keywords``).
 
 Tokens are the symbols ``0 .. num_symbols-1`` (no PAD, no CLS: every position is real). Batches
 (``input_ids`` (B, seq_len) long, ``labels`` (B,) long) are pure functions of ``(seed, split,
