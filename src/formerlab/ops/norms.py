@@ -1,17 +1,19 @@
-"""RMS normalisation as fast as LayerNorm on CPU, with a closed-form backward.
+"""RMS normalisation as fast as LayerNorm's forward on CPU, with a closed-form backward.
 
-``torch.nn.functional.rms_norm`` runs on CPU as its decomposition: its forward measured 4-10x slower
-than ``layer_norm``'s fused kernel (16 x 256 x 256 floats, 1 thread), and its backward, the autograd
-of that decomposition, 3-5x slower, enough to make an RMSNorm model slower than the LayerNorm model
-it replaces (the ``crmsnorm`` check measures that). :func:`rms_norm` computes ``r = 1 / rms`` from
-``torch.linalg.vector_norm`` (one vectorised reduction) and scales in place, which times like
-``layer_norm``; under autograd it saves ``x`` and ``r`` for the closed-form gradients
-(``x_hat = x * r``, ``g = dy * w``):
+``torch.nn.functional.rms_norm`` runs on CPU as its decomposition, and its backward as the autograd
+of that decomposition: enough to make an RMSNorm model slower than the LayerNorm model it replaces
+(the ``crmsnorm`` check measures that). :func:`rms_norm` computes ``r = 1 / rms`` from
+``torch.linalg.vector_norm`` (one vectorised reduction) and scales in place; under autograd it saves
+``x`` and ``r`` for the closed-form gradients (``x_hat = x * r``, ``g = dy * w``):
 
     dx = r * (g - x_hat * mean(g * x_hat))        dw = sum over rows of dy * x_hat
 
 When the backward itself is differentiated (double backward) it runs out of place on the saved
 inputs, with ``r`` recomputed from ``x``, so second derivatives are exact too.
+
+``python benchmarks/norm_speed.py`` (16 x 256 x 256 floats, idle 2-core machine), time relative to
+``layer_norm``: forward torch 1.2-3.3x, this 0.65-0.82x; forward + backward torch 7-10x, this
+2.4-3.0x (LayerNorm's backward is one fused kernel).
 """
 
 from __future__ import annotations
