@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -13,18 +11,14 @@ from formerlab.errors import ConfigError
 
 pytest.importorskip("transformers")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "hf_gpt2_speed.py"
 TINY_ARGS = ["--preset", "gpt-tiny", "--batch-size", "2", "--seq-len", "16", "--warmup", "1",
              "--train-repeats", "1", "--fwd-warmup", "0", "--fwd-repeats", "1", "--gen-repeats", "1",
              "--prompt-len", "4", "--new-tokens", "5", "--threads", "1"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def hf_speed():
-    spec = importlib.util.spec_from_file_location("hf_gpt2_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def hf_speed(load_benchmark):
+    return load_benchmark("hf_gpt2_speed")
 
 
 def test_main_prints_one_json_object(hf_speed, capsys):

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "norm_speed.py"
-
 
 @pytest.fixture(scope="module")
-def norm_speed():
-    spec = importlib.util.spec_from_file_location("norm_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def norm_speed(load_benchmark):
+    return load_benchmark("norm_speed")
 
 
 def test_prints_one_object_with_ratios_to_layer_norm(norm_speed, capsys):

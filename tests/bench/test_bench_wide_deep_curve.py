@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "wide_deep_curve.py"
-
 
 @pytest.fixture(scope="module")
-def curve():
-    spec = importlib.util.spec_from_file_location("wide_deep_curve", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def curve(load_benchmark):
+    return load_benchmark("wide_deep_curve")
 
 
 def test_prints_a_line_per_evaluation_of_the_deep_arm(curve, capsys):

@@ -67,10 +67,16 @@ def test_labels_are_balanced_and_near_misses_do_not_depend_on_the_label() -> Non
         assert abs(by_label[0] - by_label[1]) < 0.25  # of about 6.5 near-misses per keyword
 
 
-def test_a_reader_of_five_positions_is_far_from_exact_as_the_docstring_says() -> None:
-    """Counting matches of every 5 of the 9 keyword positions scores about 70 %; the exact count of
-    intact keywords scores 100 % (the reason one layer needs 8 exact reads)."""
-    t = task()
+@pytest.mark.parametrize(
+    ("fields", "low", "high"), [({}, 0.67, 0.77), ({"strings": 6, "seq_len": 64}, 0.77, 0.87)]
+)
+def test_a_reader_of_five_positions_is_far_from_exact_as_the_docstring_says(
+    fields, low, high
+) -> None:
+    """Counting matches of every 5 of the 9 keyword positions scores about 72 % (14 strings in 128
+    tokens) or 82 % (6 in 64); the exact count of intact keywords scores 100 % (the reason one layer
+    needs 8 exact reads)."""
+    t = task(**fields)
     batch = t.batch("val", 0, 3000)
     agree, labels = matches(t, batch["input_ids"]), batch["labels"]
     exact = (agree.sum(-1) == 9).sum(1)
@@ -80,7 +86,7 @@ def test_a_reader_of_five_positions_is_far_from_exact_as_the_docstring_says() ->
     score = per_window[agree.sum(-1)].sum(1)  # (B, K)
     ties = score[:, 0] == score[:, 1]
     right = ((score.argmax(1) == labels) & ~ties).float().mean() + 0.5 * ties.float().mean()
-    assert 0.6 < float(right) < 0.8
+    assert low < float(right) < high
 
 
 def test_batches_are_pure_functions_of_split_and_index() -> None:

@@ -39,7 +39,7 @@ class RMSNorm(nn.Module):
 
     def __init__(self, cfg: RMSNormConfig, *, dim: int):
         super().__init__()
-        self.config, self.eps, self.shape = cfg, cfg.eps, (dim,)
+        self.config, self.eps = cfg, cfg.eps
         self.weight = nn.Parameter(torch.ones(dim)) if cfg.scale else None
         self.bias = nn.Parameter(torch.zeros(dim)) if cfg.bias else None
 
